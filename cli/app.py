@@ -1,0 +1,152 @@
+"""The typer app. Each command parses options into the library's config dataclasses, calls one library
+function and renders its result. `MtkdError` (anything a user can fix) becomes one line and exit 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mtkd_cache import (BuildConfig, DatasetSpec, MtkdError, RunnerConfig, TeacherSpec, build_cache, summarize,
+                        verify_cache)
+from mtkd_cache.teachers import parse_label_map
+
+from .progress import ProgressEvents, stderr
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multi-teacher knowledge distillation from an offline teacher-logit cache.")
+stdout = Console()
+
+
+def user_errors(command):
+    """Turn an MtkdError into `error: <message>` on stderr and exit code 2; leave bugs their traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MtkdError as error:
+            stderr.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def _split_list(value: str | None) -> tuple[str, ...] | None:
+    return tuple(part.strip() for part in value.split(",") if part.strip()) if value else None
+
+
+@app.command()
+@user_errors
+def build(
+    dataset: Annotated[str, typer.Option(help="Hub id, a data file (.csv/.jsonl/.parquet), a directory of split files (train.csv, test.jsonl, …), or a save_to_disk directory.")],
+    teacher: Annotated[list[str], typer.Option(help="NAME=SOURCE: a save_pretrained directory or hub id[@revision]. Repeat for several teachers.")],
+    out: Annotated[Path, typer.Option(help="Cache directory to create or resume.")],
+    dataset_config: Annotated[Optional[str], typer.Option(help="Config name of a hub dataset.")] = None,
+    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    text_pair_column: Annotated[Optional[str], typer.Option(help="Column holding the second text of sentence-pair tasks (NLI).")] = None,
+    label_column: Annotated[str, typer.Option(help="Column holding the label (ClassLabel ids or strings); a split without it is cached unlabeled.")] = "label",
+    label_names: Annotated[Optional[str], typer.Option(help="Comma-separated label names in class-id order, when the data's own are missing or unordered.")] = None,
+    splits: Annotated[Optional[str], typer.Option(help="Comma-separated splits to cache; default: every split of the dataset.")] = None,
+    label_map: Annotated[Optional[list[str]], typer.Option(help="NAME:TEACHER_LABEL=DATASET_LABEL,… for a teacher whose label names differ from the dataset's.")] = None,
+    backend: Annotated[str, typer.Option(help="Teacher runtime: torch.")] = "torch",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N]. CUDA asked for but missing is an error.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), float32, float16 or bfloat16.")] = "auto",
+    max_length: Annotated[int, typer.Option(help="Tokens per text (pair) before truncation; truncations are counted.")] = 128,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Padded tokens per batch; default 4096 on CPU, 32768 on CUDA.")] = None,
+    logits_dtype: Annotated[str, typer.Option(help="Stored logit precision: float16 or float32.")] = "float16",
+    shard_rows: Annotated[int, typer.Option(help="Rows per shard; a crash loses at most one shard per teacher.")] = 8192,
+) -> None:
+    """Run every teacher once over the dataset and write (or resume) the teacher-logit cache."""
+    label_maps = dict(parse_label_map(item) for item in label_map or [])
+    teachers = []
+    for argument in teacher:
+        spec = TeacherSpec.parse(argument)
+        teachers.append(dataclasses.replace(spec, label_map=label_maps.pop(spec.name, ())))
+    if label_maps:
+        raise _unknown_label_map(label_maps, teachers)
+    config = BuildConfig(
+        dataset=DatasetSpec(source=dataset, config_name=dataset_config, text_column=text_column,
+                            text_pair_column=text_pair_column, label_column=label_column,
+                            splits=_split_list(splits), label_names=_split_list(label_names)),
+        teachers=tuple(teachers), out=out,
+        runner=RunnerConfig(backend=backend, device=device, dtype=dtype, max_length=max_length,
+                            batch_tokens=batch_tokens),
+        logits_dtype=logits_dtype, shard_rows=shard_rows,
+    )
+    with ProgressEvents() as events:
+        report = build_cache(config, events)
+    stderr.print(f"cache {out}: {report.shards_written} shard(s) written, {report.shards_reused} reused")
+    for stage, seconds in report.stage_seconds.items():
+        stderr.print(f"  {stage:<24} {seconds:8.1f} s")
+
+
+def _unknown_label_map(label_maps: dict, teachers: list[TeacherSpec]) -> MtkdError:
+    from mtkd_cache import ConfigError
+
+    names = ", ".join(t.name for t in teachers)
+    return ConfigError(f"--label-map names teacher(s) {', '.join(label_maps)} but the teachers are {names}.")
+
+
+@app.command()
+@user_errors
+def info(
+    cache: Annotated[Path, typer.Argument(help="Cache directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show a cache's splits, rows, teachers, label names and sizes (from the manifest alone)."""
+    summary = summarize(cache)
+    if as_json:
+        print(json.dumps(dataclasses.asdict(summary), indent=2))
+        return
+    stdout.print(f"[bold]{summary.path}[/bold]  format {summary.format_version}  dataset {summary.dataset_source}"
+                 f"  fingerprint {summary.dataset_fingerprint[:12]}")
+    stdout.print(f"labels ({len(summary.label_names)}): {', '.join(summary.label_names)}")
+    splits = Table("split", "rows", "labeled", "teachers complete")
+    for split in summary.splits:
+        splits.add_row(split.name, f"{split.rows:,}", "yes" if split.labeled else "no", ", ".join(split.teachers_complete) or "-")
+    stdout.print(splits)
+    teachers = Table("teacher", "source", "backend", "dtype", "max len", "weights", "truncated")
+    for t in summary.teachers:
+        truncated = sum(t["truncated_rows"].values())
+        teachers.add_row(t["name"], t["source"], t["backend"], t["dtype"], str(t["max_length"]), t["weights_sha256"],
+                         f"{truncated:,} rows")
+    stdout.print(teachers)
+    stdout.print(f"{summary.shards} shards, {summary.total_bytes / 1e6:.2f} MB, logits {summary.logits_dtype}, "
+                 f"{summary.logits_bytes_per_sample:.1f} bytes per sample per teacher")
+
+
+@app.command()
+@user_errors
+def verify(cache: Annotated[Path, typer.Argument(help="Cache directory.")]) -> None:
+    """Re-hash every shard the manifest lists; exit 1 naming each bad file."""
+    report = verify_cache(cache)
+    for problem in report.problems:
+        stdout.print(f"[red]BAD[/red] {problem}", highlight=False, soft_wrap=True)
+    for item in report.incomplete:
+        stdout.print(f"[yellow]incomplete[/yellow] {item}: not every row has a committed shard (resume the build)")
+    for path in report.stray_files:
+        stdout.print(f"[yellow]stray[/yellow] {path}: not listed in the manifest, ignored by readers")
+    stdout.print(f"{report.shards_checked} shards, {report.bytes_checked / 1e6:.2f} MB verified in "
+                 f"{report.seconds:.2f} s ({report.throughput_mb_s:.0f} MB/s): "
+                 + ("OK" if report.ok else f"{len(report.problems)} bad"))
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def main() -> None:
+    # The tokenizers thread pool warns (and can deadlock) when a process forks after using it.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app(prog_name="mtkd-cache")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

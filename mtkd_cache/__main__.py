@@ -1,0 +1,6 @@
+"""`python -m mtkd_cache` (and `torchrun -m mtkd_cache`): the entry point, and the one place the
+library package touches the CLI package."""
+
+from cli.app import main
+
+main()

@@ -1,0 +1,385 @@
+"""`build`: run every teacher once over every split and commit the outputs to the cache.
+
+Order of work: load and validate the dataset (nothing is written if it is unusable), take the cache
+lock, check what is already committed against what is asked (dataset fingerprint, label names, teacher
+identities), then write the missing input shards and the missing teacher shards. Each teacher group
+sharing a tokenizer and max length tokenizes a split once. Shards are written and the manifest
+committed on a background thread while the next shard computes; at most one commit is in flight, so a
+crash loses at most the shard being computed and the one being written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ._faults import fault_point
+from .batching import TokenizedRows, pad_rows, token_budget_batches, tokenize_rows
+from .datasets import DUPLICATE_POLICY, TEXT_POLICY, DatasetSpec, TaskData, load_task_data
+from .devices import dtype_name, resolve_device, resolve_dtype
+from .errors import CacheMismatchError, ConfigError, TeacherError
+from .hashing import row_digests
+from .lock import LOCK_NAME, CacheLock
+from .manifest import MANIFEST_NAME, DatasetRecord, Manifest, ShardRecord, SplitRecord, TeacherRecord, load_manifest
+from .shards import (LOGITS_DTYPES, TEMP_PREFIX, inputs_path, inputs_schema, inputs_table, outputs_path,
+                     outputs_schema, outputs_table, parse_shard, read_verified_bytes, shard_is_intact, write_shard)
+from .teachers import ResolvedTeacher, TeacherSpec, TorchTeacher, resolve_teacher, validate_name
+
+BACKENDS = ("torch",)
+_MAX_IDS_NAMED = 10
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How teachers run. `batch_tokens` None picks 4,096 padded tokens per batch on CPU, 32,768 on CUDA."""
+
+    backend: str = "torch"
+    device: str = "auto"
+    dtype: str = "auto"
+    max_length: int = 128
+    batch_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    dataset: DatasetSpec
+    teachers: tuple[TeacherSpec, ...]
+    out: Path
+    runner: RunnerConfig = RunnerConfig()
+    logits_dtype: str = "float16"
+    shard_rows: int = 8192  # rows per shard; a crash loses at most one shard of work per teacher
+
+
+class BuildEvents(Protocol):
+    """Progress hooks; the CLI draws them as progress bars. All optional to act on."""
+
+    def task(self, description: str, total: int) -> None: ...
+    def advance(self, rows: int) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class SilentEvents:
+    def task(self, description: str, total: int) -> None: pass
+    def advance(self, rows: int) -> None: pass
+    def note(self, message: str) -> None: pass
+
+
+@dataclass
+class BuildReport:
+    cache_dir: Path
+    shards_written: int = 0
+    shards_reused: int = 0
+    rows_computed: dict[str, int] = field(default_factory=dict)  # per teacher
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def build_cache(config: BuildConfig, events: BuildEvents | None = None) -> BuildReport:
+    events = events or SilentEvents()
+    _validate(config)
+    device = resolve_device(config.runner.device)
+    dtype = resolve_dtype(config.runner.dtype, device)
+    report = BuildReport(cache_dir=config.out)
+
+    started = time.perf_counter()
+    task = load_task_data(config.dataset)
+    report.stage_seconds["load dataset"] = time.perf_counter() - started
+
+    out = config.out
+    _refuse_foreign_directory(out)
+    created = not out.exists()
+    try:
+        with CacheLock(out) as lock:
+            if lock.took_over_from:
+                events.note(f"took over a stale lock left by pid {lock.took_over_from.get('pid')}")
+            _remove_temporaries(out)
+            manifest = _open_or_start(out, config, task)
+            teachers = [resolve_teacher(spec, task.label_names) for spec in config.teachers]
+            records = {t.spec.name: _teacher_record(t, config.runner, dtype, device) for t in teachers}
+            _check_identities(manifest, records)
+            with _ShardCommitter(out, manifest) as committer:
+                started = time.perf_counter()
+                _write_inputs(out, task, manifest, committer, report)
+                report.stage_seconds["inputs"] = time.perf_counter() - started
+                _write_outputs(out, task, manifest, committer, teachers, records, config, device, dtype,
+                               events, report)
+    except BaseException:
+        if created and not (out / MANIFEST_NAME).exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing was committed: leave nothing behind
+        raise
+    return report
+
+
+def _validate(config: BuildConfig) -> None:
+    if not config.teachers:
+        raise ConfigError("give at least one --teacher NAME=SOURCE.")
+    names = [t.name for t in config.teachers]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"teacher name(s) {', '.join(duplicates)} given twice; every --teacher needs its own name.")
+    for name in names:
+        validate_name(name, "teacher")
+    if config.runner.backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not '{config.runner.backend}'.")
+    if config.logits_dtype not in LOGITS_DTYPES:
+        raise ConfigError(f"--logits-dtype must be one of {', '.join(LOGITS_DTYPES)}, not '{config.logits_dtype}'.")
+    if config.runner.max_length < 2:
+        raise ConfigError(f"--max-length must be at least 2, not {config.runner.max_length}.")
+    if config.runner.batch_tokens is not None and config.runner.batch_tokens < 1:
+        raise ConfigError(f"--batch-tokens must be positive, not {config.runner.batch_tokens}.")
+    if config.shard_rows < 1:
+        raise ConfigError(f"--shard-rows must be positive, not {config.shard_rows}.")
+
+
+def _refuse_foreign_directory(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory for the cache.")
+    if not out.exists() or (out / MANIFEST_NAME).exists():
+        return
+    ours = {LOCK_NAME, "inputs", "outputs"}
+    foreign = [p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(f".{MANIFEST_NAME}")]
+    if foreign:
+        raise ConfigError(
+            f"--out {out} is not empty and holds no cache (found {', '.join(sorted(foreign)[:5])}); choose an empty "
+            "or new directory."
+        )
+
+
+def _remove_temporaries(out: Path) -> None:
+    # Left by a killed build: never listed in the manifest, so no reader ever used them.
+    for path in out.rglob(f"{TEMP_PREFIX}*"):
+        path.unlink(missing_ok=True)
+    for path in out.glob(f".{MANIFEST_NAME}.tmp-*"):
+        path.unlink(missing_ok=True)
+
+
+def _open_or_start(out: Path, config: BuildConfig, task: TaskData) -> Manifest:
+    spec = config.dataset
+    if not (out / MANIFEST_NAME).exists():
+        return Manifest(
+            dataset=DatasetRecord(
+                source=spec.source, config_name=spec.config_name, text_column=spec.text_column,
+                text_pair_column=spec.text_pair_column, label_column=spec.label_column,
+                fingerprint=task.fingerprint, text_policy=TEXT_POLICY, duplicate_policy=DUPLICATE_POLICY),
+            label_names=list(task.label_names),
+            splits={name: SplitRecord(rows=s.rows, fingerprint=s.fingerprint, labeled=s.labeled)
+                    for name, s in task.splits.items()},
+            shard_rows=config.shard_rows,
+            logits_dtype=config.logits_dtype,
+        )
+    manifest = load_manifest(out)
+    if list(task.label_names) != manifest.label_names:
+        raise CacheMismatchError(
+            f"the cache in {out} has label names {manifest.label_names}, the dataset has {list(task.label_names)}; "
+            "build into a new --out."
+        )
+    if list(task.splits) != list(manifest.splits):
+        raise CacheMismatchError(
+            f"the cache in {out} holds splits {list(manifest.splits)}, this build asks for {list(task.splits)}; "
+            "pass the same --splits or build into a new --out."
+        )
+    if task.fingerprint != manifest.dataset.fingerprint:
+        raise CacheMismatchError(_describe_dataset_change(out, manifest, task))
+    if config.logits_dtype != manifest.logits_dtype:
+        raise CacheMismatchError(
+            f"the cache in {out} stores {manifest.logits_dtype} logits, this build asks for {config.logits_dtype}; "
+            "one cache holds one logit dtype: drop --logits-dtype or build into a new --out."
+        )
+    return manifest
+
+
+def _describe_dataset_change(out: Path, manifest: Manifest, task: TaskData) -> str:
+    changes = []
+    for name, split in task.splits.items():
+        cached = manifest.splits[name]
+        if cached.fingerprint == split.fingerprint:
+            continue
+        if cached.rows != split.rows:
+            changes.append(f"split '{name}' has {split.rows} rows, the cache {cached.rows}")
+            continue
+        old = _cached_row_digests(out, manifest, name)
+        differing = [i for i, (a, b) in enumerate(zip(old, split.row_digests)) if a != b]
+        changes.append(f"split '{name}' differs in {len(differing)} of {split.rows} rows (first: sample {differing[0]})"
+                       if differing else f"split '{name}' differs")
+    return (f"the dataset differs from the one the cache in {out} was built from ({'; '.join(changes)}); "
+            "build into a new --out, or use the original data.")
+
+
+def _cached_row_digests(out: Path, manifest: Manifest, split: str) -> list[bytes]:
+    digests = []
+    for record in manifest.shards_of(split, None):
+        table = parse_shard(read_verified_bytes(out, record))
+        labels = [manifest.label_names[i] if i is not None else None for i in table.column("label").to_pylist()]
+        pairs = table.column("text_pair").to_pylist() if "text_pair" in table.column_names else None
+        digests += row_digests(table.column("text").to_pylist(), pairs, labels)
+    return digests
+
+
+def _teacher_record(teacher: ResolvedTeacher, runner: RunnerConfig, dtype: torch.dtype,
+                    device: torch.device) -> TeacherRecord:
+    return TeacherRecord(
+        name=teacher.spec.name, source=teacher.spec.source, backend=runner.backend, revision=teacher.revision,
+        weights_sha256=teacher.weights_sha256, tokenizer_sha256=teacher.tokenizer_sha256, dtype=dtype_name(dtype),
+        max_length=runner.max_length, model_label_names=list(teacher.model_label_names),
+        label_mapping=list(teacher.label_mapping), device=device.type,
+    )
+
+
+def _check_identities(manifest: Manifest, records: dict[str, TeacherRecord]) -> None:
+    for name, record in records.items():
+        cached = manifest.teachers.get(name)
+        if cached is None:
+            continue
+        differences = cached.differences(record)
+        if differences:
+            listed = "; ".join(f"{f}: cached {old!r}, now {new!r}" for f, old, new in differences)
+            raise CacheMismatchError(
+                f"teacher '{name}' is not the one the cache was built with ({listed}); give it a new name to add it "
+                "as another teacher, or build into a new --out."
+            )
+
+
+class _ShardCommitter:
+    """Writes shards and commits the manifest on one background thread, at most one commit in flight."""
+
+    def __init__(self, cache_dir: Path, manifest: Manifest):
+        self.cache_dir = cache_dir
+        self.manifest = manifest
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtkd-writer")
+        self._pending: Future | None = None
+
+    def submit(self, record: ShardRecord, table: pa.Table, schema: pa.Schema,
+               teacher: TeacherRecord | None = None) -> None:
+        self.wait()
+        self._pending = self._executor.submit(self._commit, record, table, schema, teacher)
+
+    def _commit(self, record: ShardRecord, table: pa.Table, schema: pa.Schema, teacher: TeacherRecord | None) -> None:
+        record.bytes, record.sha256 = write_shard(self.cache_dir, record.path, table, schema)
+        if teacher is not None:
+            self.manifest.teachers[teacher.name] = teacher
+        self.manifest.put_shard(record)
+        self.manifest.save(self.cache_dir)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> "_ShardCommitter":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+            elif self._pending is not None:
+                self._pending.exception()  # let the in-flight commit finish; the original error wins
+        finally:
+            self._executor.shutdown(wait=True)
+
+
+def _row_ranges(rows: int, shard_rows: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_rows, rows)) for start in range(0, rows, shard_rows)]
+
+
+def _missing(out: Path, manifest: Manifest, split: str, teacher: str | None, report: BuildReport) -> list[tuple[int, int]]:
+    missing = []
+    for start, end in _row_ranges(manifest.splits[split].rows, manifest.shard_rows):
+        record = manifest.shard(split, teacher, start)
+        if record is not None and record.row_end == end and shard_is_intact(out, record):
+            report.shards_reused += 1
+        else:
+            missing.append((start, end))
+    return missing
+
+
+def _write_inputs(out: Path, task: TaskData, manifest: Manifest, committer: _ShardCommitter,
+                  report: BuildReport) -> None:
+    for name, split in task.splits.items():
+        schema = inputs_schema(split.text_pairs is not None)
+        for start, end in _missing(out, manifest, name, None, report):
+            pairs = split.text_pairs[start:end] if split.text_pairs is not None else None
+            table = inputs_table(np.arange(start, end), split.texts[start:end], pairs, split.labels[start:end])
+            record = ShardRecord(inputs_path(name, start, end), name, None, start, end, end - start, 0, "")
+            committer.submit(record, table, schema)
+            report.shards_written += 1
+
+
+def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: _ShardCommitter,
+                   teachers: list[ResolvedTeacher], records: dict[str, TeacherRecord], config: BuildConfig,
+                   device: torch.device, dtype: torch.dtype, events: BuildEvents, report: BuildReport) -> None:
+    batch_tokens = config.runner.batch_tokens or (32768 if device.type == "cuda" else 4096)
+    schema = outputs_schema(len(task.label_names), manifest.logits_dtype)
+    groups: dict[str, list[ResolvedTeacher]] = {}
+    for teacher in teachers:
+        groups.setdefault(teacher.tokenizer_sha256, []).append(teacher)
+    for members in groups.values():
+        tokenized: dict[str, TokenizedRows] = {}  # one tokenization per split for the whole group
+        for teacher in members:
+            name = teacher.spec.name
+            pending = {split: _missing(out, manifest, split, name, report) for split in task.splits}
+            pending = {split: ranges for split, ranges in pending.items() if ranges}
+            if not pending:
+                events.note(f"teacher '{name}': every shard is already in the cache")
+                continue
+            started = time.perf_counter()
+            runner = TorchTeacher(teacher, device, dtype)
+            record = records[name]
+            record.attn_implementation = runner.attn_implementation
+            for split_name, ranges in pending.items():
+                split = task.splits[split_name]
+                if split_name not in tokenized:
+                    tokenized[split_name] = tokenize_rows(runner.tokenizer, split.texts, split.text_pairs,
+                                                          config.runner.max_length)
+                tokens = tokenized[split_name]
+                record.truncated_rows[split_name] = tokens.truncated_rows
+                events.task(f"{name} · {split_name}", sum(end - start for start, end in ranges))
+                for start, end in ranges:
+                    logits = _run_rows(runner, tokens, start, end, batch_tokens, events)
+                    _check_finite(logits, name, split_name, start)
+                    mapped = logits[:, list(teacher.label_mapping)]
+                    table = outputs_table(np.arange(start, end), mapped, mapped.argmax(axis=1), manifest.logits_dtype)
+                    shard = ShardRecord(outputs_path(name, split_name, start, end), split_name, name, start, end,
+                                        end - start, 0, "")
+                    committer.submit(shard, table, schema, dataclasses.replace(record, truncated_rows=dict(record.truncated_rows)))
+                    report.shards_written += 1
+                    report.rows_computed[name] = report.rows_computed.get(name, 0) + end - start
+            committer.wait()
+            del runner
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            report.stage_seconds[f"teacher {name}"] = time.perf_counter() - started
+
+
+def _run_rows(runner: TorchTeacher, tokens: TokenizedRows, start: int, end: int, batch_tokens: int,
+              events: BuildEvents) -> np.ndarray:
+    """float32 logits [end - start, model labels], in row order (batches run longest first)."""
+    lengths = tokens.lengths[start:end]
+    logits = None
+    for local_rows in token_budget_batches(lengths, batch_tokens):
+        fault_point("teacher_batch")
+        batch = pad_rows(tokens, local_rows + start, runner.pad_id, runner.pad_left)
+        output = runner.logits(batch)
+        if logits is None:
+            logits = np.empty((end - start, output.shape[1]), dtype=np.float32)
+        logits[local_rows] = output
+        events.advance(len(local_rows))
+    return logits
+
+
+def _check_finite(logits: np.ndarray, teacher: str, split: str, row_start: int) -> None:
+    bad = np.flatnonzero(~np.isfinite(logits).all(axis=1)) + row_start
+    if len(bad):
+        shown = ", ".join(map(str, bad[:_MAX_IDS_NAMED].tolist())) + (" …" if len(bad) > _MAX_IDS_NAMED else "")
+        raise TeacherError(
+            f"teacher '{teacher}' gave NaN or infinite logits on split '{split}' for {len(bad)} sample(s) "
+            f"(sample ids {shown}); check the checkpoint, or try --dtype float32 if half precision overflowed."
+        )

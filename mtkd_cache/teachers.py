@@ -1,0 +1,212 @@
+"""Teachers: where their files are, what they are (identity), how their labels map, how they run.
+
+A teacher is named on the command line as NAME=SOURCE, where SOURCE is a local directory saved with
+`save_pretrained` or a hub id (optionally `id@revision`). Hub ids are resolved to a local snapshot
+first, so everything below works on files: the identity recorded in the manifest is a hash of those
+files, not of a name that can silently change meaning (RELIABILITY.md: torchdistill's counter-example).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .devices import dtype_name
+from .errors import ConfigError, LabelSpaceError, TeacherError
+from .hashing import sha256_files
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                    "vocab.json", "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model",
+                    "tokenizer.model")
+_GENERIC_LABEL = re.compile(r"^LABEL_(\d+)$")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A teacher as the user named it; `label_map` renames teacher labels to dataset labels."""
+
+    name: str
+    source: str
+    label_map: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, argument: str) -> "TeacherSpec":
+        name, sep, source = argument.partition("=")
+        if not sep or not name or not source:
+            raise ConfigError(f"--teacher '{argument}' must look like NAME=SOURCE, e.g. bert=./teachers/bert.")
+        validate_name(name, "teacher")
+        return cls(name=name, source=source)
+
+
+def validate_name(name: str, what: str) -> None:
+    if not _NAME_PATTERN.match(name):
+        raise ConfigError(f"{what} name '{name}' may hold only letters, digits, '_', '.' and '-'.")
+
+
+def parse_label_map(argument: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """`NAME:TEACHER_LABEL=DATASET_LABEL,...` -> (teacher name, pairs)."""
+    name, sep, body = argument.partition(":")
+    pairs = [item.partition("=") for item in body.split(",") if item]
+    if not sep or not pairs or any(not p[1] or not p[0] or not p[2] for p in pairs):
+        raise ConfigError(
+            f"--label-map '{argument}' must look like NAME:TEACHER_LABEL=DATASET_LABEL,..., e.g. bert:POS=positive,NEG=negative."
+        )
+    return name, tuple((p[0], p[2]) for p in pairs)
+
+
+@dataclass(frozen=True)
+class ResolvedTeacher:
+    """A teacher's files and identity, as recorded in the manifest."""
+
+    spec: TeacherSpec
+    directory: Path
+    revision: str | None
+    weights_sha256: str
+    tokenizer_sha256: str
+    model_label_names: tuple[str, ...]
+    label_mapping: tuple[int, ...]  # for dataset class c, the model's output index
+
+
+def resolve_teacher(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> ResolvedTeacher:
+    directory, revision = _local_files(spec)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise TeacherError(f"teacher '{spec.name}': {directory} has no config.json; is it a save_pretrained directory?")
+    config = json.loads(config_path.read_text())
+    model_labels = _model_label_names(config, spec.name)
+    weight_files = _weight_files(directory)
+    if not weight_files:
+        raise TeacherError(f"teacher '{spec.name}': {directory} has no weights (*.safetensors or *.bin).")
+    tokenizer_files = [f for f in _TOKENIZER_FILES if (directory / f).exists()]
+    if not tokenizer_files:
+        raise TeacherError(f"teacher '{spec.name}': {directory} has no tokenizer files; save the tokenizer beside the model.")
+    return ResolvedTeacher(
+        spec=spec,
+        directory=directory,
+        revision=revision,
+        weights_sha256=sha256_files(directory, ["config.json", *weight_files]),
+        tokenizer_sha256=sha256_files(directory, tokenizer_files),
+        model_label_names=model_labels,
+        label_mapping=map_labels(spec.name, model_labels, dataset_label_names, dict(spec.label_map)),
+    )
+
+
+def _local_files(spec: TeacherSpec) -> tuple[Path, str | None]:
+    path = Path(spec.source).expanduser()
+    if path.is_dir():
+        # A path inside the hub cache (…/snapshots/<commit>) still carries its revision.
+        revision = path.name if path.parent.name == "snapshots" else None
+        return path.resolve(), revision
+    if spec.source.startswith((".", "/", "~")) or path.exists():
+        raise TeacherError(f"teacher '{spec.name}': {spec.source} is not a directory; pass a save_pretrained directory or a hub id.")
+    repo_id, _, revision = spec.source.partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            repo_id=repo_id,
+            revision=revision or None,
+            allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "*.bin"],
+            ignore_patterns=["*onnx*", "*.h5", "*.msgpack", "*.ot", "*training_args*"],
+        )
+    except Exception as error:
+        raise TeacherError(
+            f"teacher '{spec.name}': cannot get {spec.source} from the hub ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); check the id and network, or pass a local directory."
+        ) from error
+    return Path(local), Path(local).name
+
+
+def _weight_files(directory: Path) -> list[str]:
+    safetensors = sorted(p.name for p in directory.glob("*.safetensors"))
+    chosen = safetensors or sorted(p.name for p in directory.glob("*.bin") if "training_args" not in p.name)
+    index = [p.name for p in directory.glob("*.index.json")]
+    return chosen + index
+
+
+def _model_label_names(config: dict, name: str) -> tuple[str, ...]:
+    id2label = config.get("id2label")
+    if not id2label:
+        count = config.get("num_labels", 2)
+        return tuple(f"LABEL_{i}" for i in range(count))
+    try:
+        return tuple(str(id2label[key]) for key in sorted(id2label, key=int))
+    except ValueError:
+        raise TeacherError(f"teacher '{name}': config.json id2label has non-integer keys.") from None
+
+
+def map_labels(name: str, model_labels: tuple[str, ...], dataset_labels: tuple[str, ...],
+               explicit: dict[str, str]) -> tuple[int, ...]:
+    """For each dataset class, the index of the teacher output that predicts it.
+
+    Labels are matched by name, after applying `explicit` (--label-map). A teacher whose labels are all
+    the generic LABEL_0..LABEL_{K-1} of an un-named head is taken in the dataset's order, since its
+    names carry no meaning to match on.
+    """
+    renamed = tuple(explicit.get(label, label) for label in model_labels)
+    unknown_keys = set(explicit) - set(model_labels)
+    if unknown_keys:
+        raise LabelSpaceError(
+            f"--label-map for teacher '{name}' names {sorted(unknown_keys)}, which the teacher does not predict; "
+            f"its labels are {list(model_labels)}."
+        )
+    if sorted(renamed) == sorted(dataset_labels) and len(set(renamed)) == len(renamed):
+        return tuple(renamed.index(label) for label in dataset_labels)
+    generic = [_GENERIC_LABEL.match(label) for label in model_labels]
+    if not explicit and all(generic) and [int(m.group(1)) for m in generic] == list(range(len(dataset_labels))):
+        return tuple(range(len(dataset_labels)))
+    raise LabelSpaceError(
+        f"teacher '{name}' predicts labels {list(renamed)} but the dataset's labels are {list(dataset_labels)}; "
+        f"map them with --label-map {name}:TEACHER_LABEL=DATASET_LABEL,... or use a teacher trained on these labels."
+    )
+
+
+class TorchTeacher:
+    """A sequence-classification model in inference mode on one device."""
+
+    def __init__(self, resolved: ResolvedTeacher, device: torch.device, dtype: torch.dtype):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.name = resolved.spec.name
+        self.device = device
+        self.dtype = dtype
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(resolved.directory)
+            self.model = _load_model(AutoModelForSequenceClassification, resolved.directory, dtype)
+        except (OSError, ValueError, KeyError) as error:
+            raise TeacherError(f"teacher '{self.name}': cannot load {resolved.directory}: {error}") from error
+        self.model.to(device).eval()
+        self.attn_implementation = getattr(self.model.config, "_attn_implementation", None) or "eager"
+        accepted = inspect.signature(self.model.forward).parameters
+        self.input_names = tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted)
+        self.pad_left = self.tokenizer.padding_side == "left"
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    @torch.inference_mode()
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """float32 logits [rows, model_labels] for one padded batch."""
+        inputs = {name: torch.from_numpy(batch[name]).to(self.device, non_blocking=True)
+                  for name in self.input_names if name in batch}
+        output = self.model(**inputs).logits
+        return output.float().cpu().numpy()
+
+    @property
+    def dtype_name(self) -> str:
+        return dtype_name(self.dtype)
+
+
+def _load_model(auto_class, directory: Path, dtype: torch.dtype):
+    try:
+        return auto_class.from_pretrained(directory, dtype=dtype, attn_implementation="sdpa")
+    except (ValueError, ImportError):
+        # Architectures without an SDPA kernel in transformers fall back to their default attention.
+        return auto_class.from_pretrained(directory, dtype=dtype)
