@@ -13,6 +13,7 @@ separate rows, each with its own sample id, so the cache stays row-aligned with 
 
 from __future__ import annotations
 
+import codecs
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -121,6 +122,9 @@ def _load_dataset_dict(spec: DatasetSpec):
             raise DataError(f"dataset path {spec.source} does not exist; check the --dataset path.")
         else:
             return datasets.load_dataset(spec.source, spec.config_name)
+        if builder != "parquet":
+            for file in data_files.values():
+                _check_utf8(Path(file))
         extra = {"keep_default_na": False} if builder == "csv" else {}
         if builder == "csv" and all(f.endswith(".tsv") for f in data_files.values()):
             extra["sep"] = "\t"
@@ -150,6 +154,25 @@ def _split_files_in(directory: Path) -> tuple[str, dict[str, str]]:
     return builders.pop(), data_files
 
 
+def _check_utf8(path: Path) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"cannot read {path}: it is not valid UTF-8 (byte {offset + error.start}: {error.reason}); "
+                    "re-encode it as UTF-8, e.g. `iconv -f latin1 -t utf-8`."
+                ) from None
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise DataError(f"cannot read {path}: it ends inside a UTF-8 character; re-encode it as UTF-8.") from None
+
+
 def _builder_for(path: Path) -> str:
     try:
         return _FILE_BUILDERS[path.suffix.lower()]
@@ -167,9 +190,9 @@ def _describe_load_failure(source: str, error: BaseException) -> str:
     root = error
     while root.__cause__ is not None or root.__context__ is not None:
         root = root.__cause__ or root.__context__
-    if isinstance(root, UnicodeDecodeError):
-        return f"cannot read {source}: it is not valid UTF-8 ({root.reason} at byte {root.start}); re-encode it as UTF-8."
     detail = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+    if "corresponds to no data" in detail:  # datasets' wording for a split file without rows
+        return f"a split of {source} is empty ({detail}); drop it from --splits or add rows."
     return f"cannot load dataset {source}: {detail}"
 
 

