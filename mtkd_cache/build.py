@@ -181,7 +181,7 @@ def _open_or_start(out: Path, config: BuildConfig, task: TaskData) -> Manifest:
             f"the cache in {out} has label names {manifest.label_names}, the dataset has {list(task.label_names)}; "
             "build into a new --out."
         )
-    if list(task.splits) != list(manifest.splits):
+    if set(task.splits) != set(manifest.splits):
         raise CacheMismatchError(
             f"the cache in {out} holds splits {list(manifest.splits)}, this build asks for {list(task.splits)}; "
             "pass the same --splits or build into a new --out."

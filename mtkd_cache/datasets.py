@@ -79,9 +79,9 @@ class TaskData:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the label names and of every split's name and fingerprint, in split order."""
+        """Hash of the label names and of every split's name and fingerprint (split order does not matter)."""
         parts = ["labels:" + "\x1f".join(self.label_names)]
-        parts += [f"split:{name}:{split.fingerprint}" for name, split in self.splits.items()]
+        parts += sorted(f"split:{name}:{split.fingerprint}" for name, split in self.splits.items())
         return sha256_bytes("\n".join(parts).encode())
 
 

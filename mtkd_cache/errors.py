@@ -37,5 +37,9 @@ class CacheMismatchError(MtkdError):
     """The cache was built from different data, teachers or settings than the ones given now."""
 
 
+class CacheWriteError(MtkdError):
+    """The cache directory cannot be written (disk full, read-only, permissions); committed state is kept."""
+
+
 class LockError(MtkdError):
     """Another process holds the cache directory's lock."""

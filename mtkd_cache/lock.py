@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import LockError
+from .errors import CacheWriteError, LockError
 
 LOCK_NAME = ".lock"
 
@@ -27,8 +27,13 @@ class CacheLock:
         self.took_over_from: dict | None = None  # holder info of a stale lock this one replaced
 
     def __enter__(self) -> "CacheLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")
+        except OSError as error:
+            raise CacheWriteError(
+                f"cannot create the lock file {self.path}: {error.strerror or error}; check the directory's permissions."
+            ) from error
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

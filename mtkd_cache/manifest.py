@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._faults import fault_point
-from .errors import CacheFormatError
+from .errors import CacheFormatError, CacheWriteError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -129,13 +129,20 @@ class Manifest:
         self.updated_at = time.time()
         final = cache_dir / MANIFEST_NAME
         temporary = cache_dir / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
-        with open(temporary, "w") as handle:
-            handle.write(self.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        fault_point("manifest_tmp_written")
-        os.replace(temporary, final)
-        fsync_directory(cache_dir)
+        try:
+            with open(temporary, "w") as handle:
+                handle.write(self.to_json())
+                handle.flush()
+                os.fsync(handle.fileno())
+            fault_point("manifest_tmp_written")
+            os.replace(temporary, final)
+            fsync_directory(cache_dir)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise CacheWriteError(
+                f"cannot write {final}: {error.strerror or error}; free disk space or fix permissions, then re-run "
+                "(the previous manifest is intact)."
+            ) from error
 
 
 def load_manifest(cache_dir: Path) -> Manifest:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._faults import fault_point
-from .errors import CacheFormatError, CacheIntegrityError
+from .errors import CacheFormatError, CacheIntegrityError, CacheWriteError
 from .hashing import sha256_bytes
 from .manifest import ShardRecord, fsync_directory
 
@@ -90,17 +90,28 @@ def write_shard(cache_dir: Path, relative_path: str, table: pa.Table, expected: 
     pq.write_table(table, buffer, column_encoding=encoding, **_WRITE_OPTIONS)
     data = buffer.getvalue()
     final = cache_dir / relative_path
-    final.parent.mkdir(parents=True, exist_ok=True)
     temporary = final.parent / f"{TEMP_PREFIX}{final.name}.{os.getpid()}"
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    fault_point("shard_written")
-    os.replace(temporary, final)
-    fsync_directory(final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        fault_point("shard_written")
+        os.replace(temporary, final)
+        fsync_directory(final.parent)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise cache_write_error(final, error) from error
     fault_point("shard_renamed")
     return len(data), sha256_bytes(data)
+
+
+def cache_write_error(path: Path, error: OSError) -> CacheWriteError:
+    return CacheWriteError(
+        f"cannot write {path}: {error.strerror or error}; free disk space or fix the directory's permissions, "
+        "then re-run (everything committed so far is kept)."
+    )
 
 
 def read_verified_bytes(cache_dir: Path, record: ShardRecord) -> bytes:
