@@ -1,7 +1,7 @@
 """`build`: run every teacher once over every split and commit the outputs to the cache.
 
-Order of work: load and validate the dataset (nothing is written if it is unusable), take the cache
-lock, check what is already committed against what is asked (dataset fingerprint, label names, teacher
+Order of work: load and validate the dataset and resolve the teachers (nothing is written if either is
+unusable), take the cache lock, check what is already committed against what is asked (dataset fingerprint, label names, teacher
 identities), then write the missing input shards and the missing teacher shards. Each teacher group
 sharing a tokenizer and max length tokenizes a split once. Shards are written and the manifest
 committed on a background thread while the next shard computes; at most one commit is in flight, so a
@@ -26,11 +26,11 @@ from ._faults import fault_point
 from .batching import TokenizedRows, pad_rows, token_budget_batches, tokenize_rows
 from .datasets import DUPLICATE_POLICY, TEXT_POLICY, DatasetSpec, TaskData, load_task_data
 from .devices import dtype_name, resolve_device, resolve_dtype
-from .errors import CacheMismatchError, ConfigError, TeacherError
+from .errors import CacheMismatchError, ConfigError, MtkdError, TeacherError
 from .hashing import row_digests
 from .lock import LOCK_NAME, CacheLock
 from .manifest import MANIFEST_NAME, DatasetRecord, Manifest, ShardRecord, SplitRecord, TeacherRecord, load_manifest
-from .shards import (LOGITS_DTYPES, TEMP_PREFIX, inputs_path, inputs_schema, inputs_table, outputs_path,
+from .shards import (LOGITS_DTYPES, TEMP_PREFIX, cache_write_error, inputs_path, inputs_schema, inputs_table, outputs_path,
                      outputs_schema, outputs_table, parse_shard, read_verified_bytes, shard_is_intact, write_shard)
 from .teachers import ResolvedTeacher, TeacherSpec, TorchTeacher, resolve_teacher, validate_name
 
@@ -93,17 +93,18 @@ def build_cache(config: BuildConfig, events: BuildEvents | None = None) -> Build
     task = load_task_data(config.dataset)
     report.stage_seconds["load dataset"] = time.perf_counter() - started
 
+    teachers = [resolve_teacher(spec, task.label_names) for spec in config.teachers]
+    records = {t.spec.name: _teacher_record(t, config.runner, dtype, device) for t in teachers}
+
     out = config.out
     _refuse_foreign_directory(out)
-    created = not out.exists()
-    try:
-        with CacheLock(out) as lock:
+    created = _make_directory(out)
+    with CacheLock(out) as lock:
+        try:
             if lock.took_over_from:
                 events.note(f"took over a stale lock left by pid {lock.took_over_from.get('pid')}")
             _remove_temporaries(out)
             manifest = _open_or_start(out, config, task)
-            teachers = [resolve_teacher(spec, task.label_names) for spec in config.teachers]
-            records = {t.spec.name: _teacher_record(t, config.runner, dtype, device) for t in teachers}
             _check_identities(manifest, records)
             with _ShardCommitter(out, manifest) as committer:
                 started = time.perf_counter()
@@ -111,11 +112,29 @@ def build_cache(config: BuildConfig, events: BuildEvents | None = None) -> Build
                 report.stage_seconds["inputs"] = time.perf_counter() - started
                 _write_outputs(out, task, manifest, committer, teachers, records, config, device, dtype,
                                events, report)
-    except BaseException:
-        if created and not (out / MANIFEST_NAME).exists():
-            shutil.rmtree(out, ignore_errors=True)  # nothing was committed: leave nothing behind
-        raise
+        except BaseException:
+            if created and not _holds_teacher_outputs(out):
+                shutil.rmtree(out, ignore_errors=True)  # this build made the directory and nothing of value is in it
+            raise
     return report
+
+
+def _make_directory(out: Path) -> bool:
+    """Create `out`; True when this call created it (decided atomically, so a racing build cannot confuse it)."""
+    try:
+        out.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    except OSError as error:
+        raise cache_write_error(out, error) from error
+    return True
+
+
+def _holds_teacher_outputs(out: Path) -> bool:
+    try:
+        return any(record.teacher is not None for record in load_manifest(out).shards)
+    except MtkdError:
+        return False
 
 
 def _validate(config: BuildConfig) -> None:

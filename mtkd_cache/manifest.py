@@ -165,9 +165,11 @@ def load_manifest(cache_dir: Path) -> Manifest:
             f"{path} is cache format {version}, newer than this mtkd-cache reads ({FORMAT_VERSION}); "
             "upgrade with `pip install -U mtkd-cache`."
         )
+    if version < 1:
+        raise CacheFormatError(f"{path} has format_version {version}; no such version exists. Restore it or rebuild.")
     try:
         return _from_dict(_upgrade(raw))
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise CacheFormatError(f"{path} is missing or has a malformed field ({error}); restore it or rebuild.") from error
 
 
@@ -176,15 +178,28 @@ def _upgrade(raw: dict) -> dict:
     return raw
 
 
+def _typed(record, types: dict[str, type | tuple[type, ...]]):
+    """Refuse a hand-edited or damaged field early, rather than fail later far from the manifest."""
+    for name, expected in types.items():
+        if not isinstance(getattr(record, name), expected):
+            raise TypeError(f"{type(record).__name__}.{name} is {getattr(record, name)!r}")
+    return record
+
+
+_SHARD_TYPES = {"path": str, "split": str, "teacher": (str, type(None)), "row_start": int, "row_end": int,
+                "rows": int, "bytes": int, "sha256": str}
+
+
 def _from_dict(raw: dict) -> Manifest:
     return Manifest(
         dataset=DatasetRecord(**raw["dataset"]),
         label_names=list(raw["label_names"]),
-        splits={name: SplitRecord(**value) for name, value in raw["splits"].items()},
+        splits={name: _typed(SplitRecord(**value), {"rows": int, "fingerprint": str, "labeled": bool})
+                for name, value in raw["splits"].items()},
         shard_rows=int(raw["shard_rows"]),
         logits_dtype=raw["logits_dtype"],
         teachers={name: TeacherRecord(**value) for name, value in raw["teachers"].items()},
-        shards=[ShardRecord(**value) for value in raw["shards"]],
+        shards=[_typed(ShardRecord(**value), _SHARD_TYPES) for value in raw["shards"]],
         format_version=FORMAT_VERSION,
         tool_version=raw["tool_version"],
         created_at=raw["created_at"],

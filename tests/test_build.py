@@ -14,7 +14,7 @@ from cli.app import app
 from mtkd_cache import BuildConfig, DatasetSpec, RunnerConfig, TeacherSpec, build_cache, open_cache, verify_cache
 from mtkd_cache.batching import tokenize_rows
 
-from conftest import LABELS, make_teacher, write_csv, write_dataset
+from conftest import LABELS, make_teacher, write_csv
 
 runner = CliRunner()
 
