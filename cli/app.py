@@ -1,10 +1,9 @@
-"""The typer app. Each command parses options into the library's config dataclasses, calls one library
-function and renders its result. `MtkdError` (anything a user can fix) becomes one line and exit 2."""
+"""Cache commands (build, info, verify, demo) and the entry point. Each command parses options into the
+library's config dataclasses, calls one library function and renders its result."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -13,37 +12,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mtkd_cache import (BuildConfig, DatasetSpec, MtkdError, RunnerConfig, TeacherSpec, build_cache, summarize,
                         verify_cache)
 from mtkd_cache.teachers import parse_label_map
 
+from .common import app, split_list, stdout, user_errors
 from .progress import ProgressEvents, stderr
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Multi-teacher knowledge distillation from an offline teacher-logit cache.")
-stdout = Console()
-
-
-def user_errors(command):
-    """Turn an MtkdError into `error: <message>` on stderr and exit code 2; leave bugs their traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except MtkdError as error:
-            stderr.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper
-
-
-def _split_list(value: str | None) -> tuple[str, ...] | None:
-    return tuple(part.strip() for part in value.split(",") if part.strip()) if value else None
-
 
 @app.command()
 @user_errors
@@ -77,7 +53,7 @@ def build(
     config = BuildConfig(
         dataset=DatasetSpec(source=dataset, config_name=dataset_config, text_column=text_column,
                             text_pair_column=text_pair_column, label_column=label_column,
-                            splits=_split_list(splits), label_names=_split_list(label_names)),
+                            splits=split_list(splits), label_names=split_list(label_names)),
         teachers=tuple(teachers), out=out,
         runner=RunnerConfig(backend=backend, device=device, dtype=dtype, max_length=max_length,
                             batch_tokens=batch_tokens),
@@ -162,6 +138,9 @@ def demo(
     for stage, seconds in report.stage_seconds.items():
         stdout.print(f"  {stage:<28} {seconds:8.1f} s")
     stdout.print(f"  {'total':<28} {time.perf_counter() - started:8.1f} s")
+
+
+from . import distill_commands  # noqa: E402,F401 - registers experts/select/distill/finetune/report
 
 
 def main() -> None:

@@ -1,0 +1,34 @@
+"""Shared pieces of the CLI: the typer app, the error boundary and the consoles."""
+
+from __future__ import annotations
+
+import functools
+
+import typer
+from rich.console import Console
+
+from mtkd_cache import MtkdError
+
+from .progress import stderr
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multi-teacher knowledge distillation from an offline teacher-logit cache.")
+stdout = Console()
+
+
+def user_errors(command):
+    """Turn an MtkdError into `error: <message>` on stderr and exit code 2; leave bugs their traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MtkdError as error:
+            stderr.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def split_list(value: str | None) -> tuple[str, ...] | None:
+    return tuple(part.strip() for part in value.split(",") if part.strip()) if value else None

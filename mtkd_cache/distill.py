@@ -1,0 +1,274 @@
+"""`distill` and `finetune`: train a student, from the cache alone or from a dataset, and report on it.
+
+`distill` reads only the cache (inputs, teacher logits and predictions): no teacher is loaded. The
+expert table is computed on `expert_split` from cached predictions; the strategy turns cached outputs
+into per-sample teacher weights once per split (per epoch for `random` and `noisy`); the training loop
+streams batches of student inputs with the matching rows of cached logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .batching import tokenize_rows
+from .datasets import DatasetSpec, load_task_data
+from .errors import ConfigError
+from .evaluation import compute_metrics, macro_f1, median_difference, write_report
+from .experts import ExpertTable, compute_expert_table, parse_teacher_subset, save_expert_table
+from .reader import Cache, open_cache
+from .strategies import NEEDS_EXPERTS, STOCHASTIC, STRATEGIES, ExpertTensors, StrategyConfig, TeacherSignal, select
+from .students import build_student, count_parameters
+from .training import BEST_DIR, Distillation, SplitTensors, TrainConfig, TrainResult, predict_logits, train
+from .devices import resolve_device
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    cache: Path
+    student: str
+    out: Path
+    strategy: StrategyConfig = StrategyConfig()
+    alpha: float = 0.5
+    temperature: float = 2.0
+    teachers: str | None = None  # comma-separated subset; None = every teacher in the cache
+    tokenizer: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    selection_split: str | None = None  # picks the best epoch; default validation if cached, else eval_split
+    expert_split: str = "test"  # the source thesis chose experts on test; validation avoids the leak
+    train: TrainConfig = TrainConfig()
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    report: dict
+    train: TrainResult
+    warnings: list[str] = field(default_factory=list)
+
+
+def _fingerprint(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _config_dict(config) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def expert_tensors(table: ExpertTable) -> ExpertTensors:
+    return ExpertTensors(experts=torch.from_numpy(table.experts), fallback=table.fallback,
+                         per_class_accuracy=torch.from_numpy(np.nan_to_num(table.per_class_accuracy, nan=0.0)).float())
+
+
+def expert_table_for(cache: Cache, split: str, teachers: tuple[str, ...]) -> ExpertTable:
+    outputs = cache.teacher_outputs(split, teachers)
+    table = compute_expert_table(outputs.preds, cache.inputs(split).labels, teachers, cache.label_names, split)
+    try:
+        save_expert_table(cache.path, table, cache.manifest.dataset.fingerprint)
+    except OSError:
+        pass  # a read-only shared cache: the table is recomputed next time, nothing is lost
+    return table
+
+
+def distill(config: DistillConfig, progress=None, advance=None) -> RunResult:
+    if not 0 <= config.alpha <= 1:
+        raise ConfigError(f"--alpha must be between 0 and 1, not {config.alpha}.")
+    if config.temperature <= 0:
+        raise ConfigError(f"--temperature must be positive, not {config.temperature}.")
+    if config.strategy.name not in STRATEGIES:
+        raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, not '{config.strategy.name}'.")
+    cache = open_cache(config.cache)
+    teachers = parse_teacher_subset(config.teachers, cache.teacher_names)
+    selection_split = config.selection_split or ("validation" if "validation" in cache.split_names else config.eval_split)
+    for option, split in (("--train-split", config.train_split), ("--eval-split", config.eval_split),
+                          ("--selection-split", selection_split), ("--expert-split", config.expert_split)):
+        if split not in cache.split_names:
+            raise ConfigError(f"{option} {split}: the cache has splits {', '.join(cache.split_names)}.")
+    warnings = []
+    if config.expert_split == config.eval_split and config.strategy.name in NEEDS_EXPERTS:
+        warnings.append(f"experts are chosen on '{config.expert_split}', the split the report evaluates on: the "
+                        "reported score is optimistic (test labels leak); use --expert-split validation.")
+    table = expert_table_for(cache, config.expert_split, teachers)
+
+    train_inputs = cache.inputs(config.train_split)
+    if len(np.unique(train_inputs.labels[train_inputs.labels >= 0])) < 2:
+        warnings.append(f"split '{config.train_split}' has fewer than two labeled classes; the student can only learn one.")
+    outputs = cache.teacher_outputs(config.train_split, teachers)
+    logits = torch.from_numpy(outputs.logits.astype(np.float32))
+    preds = torch.from_numpy(outputs.preds)
+    labels = torch.from_numpy(train_inputs.labels)
+    tensors = expert_tensors(table)
+
+    def signal_for_epoch(epoch: int) -> TeacherSignal:
+        generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch)
+        return select(config.strategy, logits, preds, labels, tensors, generator)
+
+    first_signal = signal_for_epoch(0)
+    if config.strategy.name not in STOCHASTIC:
+        signal_for_epoch = lambda epoch: first_signal  # noqa: E731 - deterministic: computed once per split
+
+    model, tokenizer, kind = build_student(config.student, cache.label_names, config.tokenizer)
+    run_dir = config.out
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {**_config_dict(config), "strategy": config.strategy.name, "teachers": list(teachers),
+                "selection_split": selection_split, "student_kind": kind}
+    fingerprint = _fingerprint({**resolved, "cache_fingerprint": cache.manifest.dataset.fingerprint,
+                                "teacher_weights": [cache.manifest.teachers[t].weights_sha256 for t in teachers]})
+    (run_dir / "config.json").write_text(json.dumps({**resolved, "fingerprint": fingerprint}, indent=1))
+
+    max_length = config.train.max_length
+    split_tensors = {}
+    for split in dict.fromkeys((config.train_split, selection_split, config.eval_split)):
+        inputs = train_inputs if split == config.train_split else cache.inputs(split)
+        split_tensors[split] = SplitTensors(tokenize_rows(tokenizer, inputs.texts, inputs.text_pairs, max_length),
+                                            inputs.labels)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    result = train(model, lambda d: _save_student(model, tokenizer, d), split_tensors[config.train_split],
+                   split_tensors[selection_split], config.train, run_dir, pad_id,
+                   Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1, fingerprint,
+                   progress, advance)
+
+    eval_outputs = cache.teacher_outputs(config.eval_split, teachers)
+    teacher_per_class = {t: compute_metrics(eval_outputs.preds[:, n], split_tensors[config.eval_split].labels,
+                                            len(cache.label_names)).per_class_accuracy for n, t in enumerate(teachers)}
+    chosen = first_signal.weights.argmax(dim=1)
+    report = _evaluate(run_dir, split_tensors[config.eval_split], cache.label_names, config.train.device, pad_id,
+                       teacher_per_class)
+    report.update({
+        "followed": {t: int((chosen == n).sum()) for n, t in enumerate(teachers)},
+        "fallbacks": int(first_signal.fell_back.sum()) if first_signal.fell_back is not None else None,
+        "experts": table.to_json(), "eval_split": config.eval_split, "expert_split": config.expert_split,
+        "eval_rows": len(split_tensors[config.eval_split].labels), "config": resolved, "warnings": warnings,
+        "history": [dataclasses.asdict(r) for r in result.history], "best_epoch": result.best_epoch,
+        "train_seconds": result.train_seconds,
+    })
+    write_report(run_dir, report, cache.label_names)
+    _write_history(run_dir, result)
+    return RunResult(run_dir, report, result, warnings)
+
+
+def _save_student(model, tokenizer, directory: Path) -> None:
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def _write_history(run_dir: Path, result: TrainResult) -> None:
+    with open(run_dir / "metrics.jsonl", "w") as handle:
+        for record in result.history:
+            handle.write(json.dumps(dataclasses.asdict(record)) + "\n")
+
+
+def _evaluate(run_dir: Path, eval_split: SplitTensors, label_names: tuple[str, ...], device: str, pad_id: int,
+              teacher_per_class: dict[str, list]) -> dict:
+    """Reload the saved best student and score it: the report describes the files on disk, not the loop's state."""
+    from .students import load_saved_student
+
+    model, _ = load_saved_student(run_dir / BEST_DIR)
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    started = time.perf_counter()
+    preds = predict_logits(model, eval_split.tokens, pad_id, torch_device).argmax(axis=1)
+    ms_per_sample = 1000 * (time.perf_counter() - started) / max(1, len(preds))
+    metrics = compute_metrics(preds, eval_split.labels, len(label_names))
+    per_class = {"student": dict(zip(label_names, metrics.per_class_accuracy))}
+    per_class.update({t: dict(zip(label_names, values)) for t, values in teacher_per_class.items()})
+    return {
+        "accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "mcc": metrics.mcc,
+        "per_class_accuracy": per_class,
+        "median_diff": {t: median_difference(metrics.per_class_accuracy, v) for t, v in teacher_per_class.items()},
+        "confusion_matrix": metrics.confusion_matrix, "parameters": count_parameters(model),
+        "ms_per_sample": ms_per_sample,
+    }
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    dataset: DatasetSpec
+    student: str
+    out: Path
+    tokenizer: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    selection_split: str | None = None
+    train: TrainConfig = TrainConfig()
+
+
+def finetune(config: FinetuneConfig, progress=None, advance=None) -> RunResult:
+    """Plain supervised fine-tuning of a teacher or student from a dataset: the same loop, no cache."""
+    task = load_task_data(config.dataset)
+    selection_split = config.selection_split or ("validation" if "validation" in task.splits else config.eval_split)
+    for option, split in (("--train-split", config.train_split), ("--eval-split", config.eval_split),
+                          ("--selection-split", selection_split)):
+        if split not in task.splits:
+            raise ConfigError(f"{option} {split}: the dataset has splits {', '.join(task.splits)}.")
+    model, tokenizer, kind = build_student(config.student, task.label_names, config.tokenizer)
+    run_dir = config.out
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {**_config_dict(config), "selection_split": selection_split, "student_kind": kind}
+    fingerprint = _fingerprint({**resolved, "dataset_fingerprint": task.fingerprint})
+    (run_dir / "config.json").write_text(json.dumps({**resolved, "fingerprint": fingerprint}, indent=1))
+    tensors = {name: SplitTensors(tokenize_rows(tokenizer, s.texts, s.text_pairs, config.train.max_length), s.labels)
+               for name, s in task.splits.items() if name in (config.train_split, selection_split, config.eval_split)}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    result = train(model, lambda d: _save_student(model, tokenizer, d), tensors[config.train_split],
+                   tensors[selection_split], config.train, run_dir, pad_id, None, macro_f1, fingerprint,
+                   progress, advance)
+    report = _evaluate(run_dir, tensors[config.eval_split], task.label_names, config.train.device, pad_id, {})
+    report.update({"eval_split": config.eval_split, "config": resolved, "best_epoch": result.best_epoch,
+                   "history": [dataclasses.asdict(r) for r in result.history], "train_seconds": result.train_seconds})
+    (run_dir / "report.json").write_text(json.dumps(report, indent=1))
+    _write_history(run_dir, result)
+    return RunResult(run_dir, report, result)
+
+
+@dataclass
+class Selection:
+    """Who taught which row: per-sample weights over the teacher subset, as `select` writes them."""
+
+    split: str
+    strategy: str
+    teachers: tuple[str, ...]
+    sample_ids: np.ndarray
+    weights: np.ndarray  # float32 [S, N]
+    followed: dict[str, int]  # rows whose largest weight is this teacher's
+    fallbacks: int | None  # `expert` only: rows that followed M because |S| was 0 or > 1
+
+
+def select_teachers(cache_dir: Path, split: str, strategy: StrategyConfig, teachers: str | None = None,
+                    expert_split: str = "test", seed: int = 0) -> Selection:
+    cache = open_cache(cache_dir)
+    subset = parse_teacher_subset(teachers, cache.teacher_names)
+    for option, name in (("--split", split), ("--expert-split", expert_split)):
+        if name not in cache.split_names:
+            raise ConfigError(f"{option} {name}: the cache has splits {', '.join(cache.split_names)}.")
+    outputs = cache.teacher_outputs(split, subset)
+    inputs = cache.inputs(split)
+    table = expert_table_for(cache, expert_split, subset)
+    signal = select(strategy, torch.from_numpy(outputs.logits.astype(np.float32)), torch.from_numpy(outputs.preds),
+                    torch.from_numpy(inputs.labels), expert_tensors(table), torch.Generator().manual_seed(seed * 7919))
+    chosen = signal.weights.argmax(dim=1)
+    return Selection(split, strategy.name, subset, inputs.sample_ids, signal.weights.numpy().astype(np.float32),
+                     {t: int((chosen == n).sum()) for n, t in enumerate(subset)},
+                     int(signal.fell_back.sum()) if signal.fell_back is not None else None)
+
+
+def write_selection(path: Path, selection: Selection) -> None:
+    """Parquet with `sample_id` and `weights` (list of N float32); teacher names in the `teachers` metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    num_teachers = len(selection.teachers)
+    table = pa.table({"sample_id": pa.array(selection.sample_ids, pa.int64()),
+                      "weights": pa.FixedSizeListArray.from_arrays(pa.array(selection.weights.reshape(-1)), num_teachers)})
+    table = table.replace_schema_metadata({"teachers": json.dumps(list(selection.teachers)),
+                                           "strategy": selection.strategy, "split": selection.split})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
