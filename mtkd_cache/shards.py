@@ -29,6 +29,7 @@ from .hashing import sha256_bytes
 from .manifest import ShardRecord, fsync_directory
 
 LOGITS_DTYPES = ("float16", "float32")
+SHARD_FOLDERS = ("inputs", "outputs")
 TEMP_PREFIX = ".tmp-"
 # BYTE_STREAM_SPLIT must name the leaf path; pyarrow silently ignores the plain column name "logits".
 _WRITE_OPTIONS = {"compression": "zstd", "use_dictionary": False, "write_statistics": ["sample_id"]}

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CacheIntegrityError
-from .lock import LOCK_NAME
-from .manifest import MANIFEST_NAME, Manifest, load_manifest
-from .shards import read_verified_bytes
+from .manifest import Manifest, load_manifest
+from .shards import SHARD_FOLDERS, read_verified_bytes
 
 
 @dataclass
@@ -58,12 +57,14 @@ def verify_cache(cache_dir: Path) -> VerifyReport:
 
 
 def stray_files(cache_dir: Path, manifest: Manifest) -> list[str]:
-    listed = {record.path for record in manifest.shards} | {MANIFEST_NAME, LOCK_NAME}
+    """Files under the shard folders that the manifest does not list (derived files such as experts/ aside)."""
+    listed = {record.path for record in manifest.shards}
     return sorted(
         path.relative_to(cache_dir).as_posix()
-        for path in cache_dir.rglob("*")
+        for folder in SHARD_FOLDERS if (cache_dir / folder).is_dir()
+        for path in (cache_dir / folder).rglob("*")
         if path.is_file() and path.relative_to(cache_dir).as_posix() not in listed
-    )
+    ) + sorted(p.name for p in cache_dir.glob("*.parquet"))
 
 
 @dataclass
