@@ -10,7 +10,6 @@ Format history (readers upgrade older versions in `_upgrade`):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -123,7 +122,13 @@ class Manifest:
         return covered == self.splits[split].rows
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=False)
+        # Plain `vars` instead of dataclasses.asdict: asdict deep-copies every record and dominated the
+        # per-shard commit of large caches (25 of 31 ms at 738 shards).
+        document = {**vars(self), "dataset": vars(self.dataset),
+                    "splits": {name: vars(split) for name, split in self.splits.items()},
+                    "teachers": {name: vars(teacher) for name, teacher in self.teachers.items()},
+                    "shards": [vars(record) for record in self.shards]}
+        return json.dumps(document, indent=1)
 
     def save(self, cache_dir: Path) -> None:
         self.updated_at = time.time()

@@ -72,9 +72,10 @@ class Cache:
         logits = np.empty((rows, len(names), len(self.label_names)), dtype=self.manifest.logits_dtype)
         preds = np.empty((rows, len(names)), dtype=np.int64)
         for position, name in enumerate(names):
-            table = self._read_split(split, name, ["sample_id", "logits", "pred"])
-            logits[:, position, :] = logits_array(table)
-            preds[:, position] = table.column("pred").to_numpy()
+            # Each shard lands straight in its slice: no concatenated intermediate table.
+            for record, table in self._shard_tables(split, name, ["sample_id", "logits", "pred"]):
+                logits[record.row_start:record.row_end, position, :] = logits_array(table)
+                preds[record.row_start:record.row_end, position] = table.column("pred").to_numpy()
         return TeacherOutputs(names, logits, preds)
 
     def _split_record(self, split: str):
@@ -82,22 +83,27 @@ class Cache:
             raise ConfigError(f"split '{split}' is not in the cache; it has {', '.join(self.split_names)}.")
         return self.manifest.splits[split]
 
-    def _read_split(self, split: str, teacher: str | None, columns: list[str] | None):
-        import pyarrow as pa
-
-        rows = self._split_record(split).rows
+    def _shard_tables(self, split: str, teacher: str | None, columns: list[str] | None):
+        """(record, table) for every shard of a split in row order, each verified and row-aligned."""
+        self._split_record(split)
         if not self.manifest.complete(split, teacher):
             what = f"teacher '{teacher}'" if teacher else "inputs"
             raise CacheIntegrityError(
                 f"the cache's {what} for split '{split}' are incomplete (an interrupted build?); "
                 f"re-run `mtkd-cache build` with --out {self.path} to finish it."
             )
-        tables = [parse_shard(self._verified_bytes(record), columns) for record in self.manifest.shards_of(split, teacher)]
-        table = pa.concat_tables(tables)
-        ids = table.column("sample_id").to_numpy()
-        if len(ids) != rows or not np.array_equal(ids, np.arange(rows)):
-            raise CacheIntegrityError(f"the shards of split '{split}' ({teacher or 'inputs'}) are not row-aligned; rebuild them.")
-        return table
+        for record in self.manifest.shards_of(split, teacher):
+            table = parse_shard(self._verified_bytes(record), columns)
+            ids = table.column("sample_id").to_numpy()
+            if len(ids) != record.rows or ids[0] != record.row_start or ids[-1] != record.row_end - 1:
+                raise CacheIntegrityError(f"shard {record.path} does not hold rows {record.row_start}..{record.row_end - 1}; "
+                                          "rebuild it.")
+            yield record, table
+
+    def _read_split(self, split: str, teacher: str | None, columns: list[str] | None):
+        import pyarrow as pa
+
+        return pa.concat_tables([table for _, table in self._shard_tables(split, teacher, columns)])
 
     def _verified_bytes(self, record: ShardRecord) -> bytes:
         key = (str((self.path / record.path).resolve()), record.sha256)
