@@ -10,6 +10,7 @@ Format history (readers upgrade older versions in `_upgrade`):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -122,12 +123,12 @@ class Manifest:
         return covered == self.splits[split].rows
 
     def to_json(self) -> str:
-        # Plain `vars` instead of dataclasses.asdict: asdict deep-copies every record and dominated the
-        # per-shard commit of large caches (25 of 31 ms at 738 shards).
-        document = {**vars(self), "dataset": vars(self.dataset),
-                    "splits": {name: vars(split) for name, split in self.splits.items()},
-                    "teachers": {name: vars(teacher) for name, teacher in self.teachers.items()},
-                    "shards": [vars(record) for record in self.shards]}
+        # Shallow field dicts instead of dataclasses.asdict: asdict deep-copies every record and dominated
+        # the per-shard commit of large caches (25 of 31 ms at 738 shards).
+        document = {**_fields(self), "dataset": _fields(self.dataset),
+                    "splits": {name: _fields(split) for name, split in self.splits.items()},
+                    "teachers": {name: _fields(teacher) for name, teacher in self.teachers.items()},
+                    "shards": [_fields(record) for record in self.shards]}
         return json.dumps(document, indent=1)
 
     def save(self, cache_dir: Path) -> None:
@@ -148,6 +149,10 @@ class Manifest:
                 f"cannot write {final}: {error.strerror or error}; free disk space or fix permissions, then re-run "
                 "(the previous manifest is intact)."
             ) from error
+
+
+def _fields(record) -> dict:
+    return {field.name: getattr(record, field.name) for field in dataclasses.fields(record)}
 
 
 def load_manifest(cache_dir: Path) -> Manifest:
