@@ -26,7 +26,7 @@ from .experts import ExpertTable, compute_expert_table, parse_teacher_subset, sa
 from .reader import Cache, open_cache
 from .strategies import NEEDS_EXPERTS, STOCHASTIC, STRATEGIES, ExpertTensors, StrategyConfig, TeacherSignal, select
 from .students import build_student, count_parameters
-from .training import BEST_DIR, Distillation, SplitTensors, TrainConfig, TrainResult, predict_logits, train
+from .training import BEST_DIR, CHECKPOINT, Distillation, SplitTensors, TrainConfig, TrainResult, predict_logits, train
 from .devices import resolve_device
 
 
@@ -57,6 +57,17 @@ class RunResult:
 
 def _fingerprint(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _portable(resolved: dict) -> dict:
+    """The configuration without where things live: a moved run directory or cache still resumes."""
+    return {key: value for key, value in resolved.items() if key not in ("out", "cache")}
+
+
+def _refuse_another_run(run_dir: Path, fingerprint: str) -> None:
+    checkpoint = run_dir / CHECKPOINT
+    if checkpoint.exists() and torch.load(checkpoint, map_location="cpu", weights_only=False)["fingerprint"] != fingerprint:
+        raise ConfigError(f"{run_dir} holds a run with another configuration; choose a new --out or delete it.")
 
 
 def _config_dict(config) -> dict:
@@ -115,13 +126,16 @@ def distill(config: DistillConfig, progress=None, advance=None) -> RunResult:
     if config.strategy.name not in STOCHASTIC:
         signal_for_epoch = lambda epoch: first_signal  # noqa: E731 - deterministic: computed once per split
 
+    config.train.validate()
+    torch.manual_seed(config.train.seed)  # a student built from scratch starts from the seed's weights
     model, tokenizer, kind = build_student(config.student, cache.label_names, config.tokenizer)
     run_dir = config.out
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {**_config_dict(config), "strategy": config.strategy.name, "teachers": list(teachers),
                 "selection_split": selection_split, "student_kind": kind}
-    fingerprint = _fingerprint({**resolved, "cache_fingerprint": cache.manifest.dataset.fingerprint,
+    fingerprint = _fingerprint({**_portable(resolved), "cache_fingerprint": cache.manifest.dataset.fingerprint,
                                 "teacher_weights": [cache.manifest.teachers[t].weights_sha256 for t in teachers]})
+    _refuse_another_run(run_dir, fingerprint)
     (run_dir / "config.json").write_text(json.dumps({**resolved, "fingerprint": fingerprint}, indent=1))
 
     max_length = config.train.max_length
@@ -209,11 +223,14 @@ def finetune(config: FinetuneConfig, progress=None, advance=None) -> RunResult:
                           ("--selection-split", selection_split)):
         if split not in task.splits:
             raise ConfigError(f"{option} {split}: the dataset has splits {', '.join(task.splits)}.")
+    config.train.validate()
+    torch.manual_seed(config.train.seed)
     model, tokenizer, kind = build_student(config.student, task.label_names, config.tokenizer)
     run_dir = config.out
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {**_config_dict(config), "selection_split": selection_split, "student_kind": kind}
-    fingerprint = _fingerprint({**resolved, "dataset_fingerprint": task.fingerprint})
+    fingerprint = _fingerprint({**_portable(resolved), "dataset_fingerprint": task.fingerprint})
+    _refuse_another_run(run_dir, fingerprint)
     (run_dir / "config.json").write_text(json.dumps({**resolved, "fingerprint": fingerprint}, indent=1))
     tensors = {name: SplitTensors(tokenize_rows(tokenizer, s.texts, s.text_pairs, config.train.max_length), s.labels)
                for name, s in task.splits.items() if name in (config.train_split, selection_split, config.eval_split)}

@@ -84,7 +84,8 @@ def _options(spec: str, allowed: dict[str, type]) -> dict:
         try:
             options[key] = allowed[key](value)
         except ValueError:
-            raise ConfigError(f"--student {spec}: {key} must be a {allowed[key].__name__}, not '{value}'.") from None
+            expected = "an integer" if allowed[key] is int else "a number"
+            raise ConfigError(f"--student {spec}: {key} must be {expected}, not '{value}'.") from None
     return options
 
 
@@ -133,15 +134,34 @@ def build_student(spec: str, label_names: tuple[str, ...], tokenizer_source: str
                                 intermediate_size=options.get("intermediate", 4 * hidden),
                                 pad_token_id=tokenizer.pad_token_id or 0, **labels)
         return AutoModelForSequenceClassification.from_config(config), tokenizer, "hf"
-    path = Path(spec)
     if path.is_dir() and (path / BILSTM_CONFIG).exists():
         return BiLSTMClassifier.from_pretrained(path), load_tokenizer(str(path)), "bilstm"
     try:
         model = AutoModelForSequenceClassification.from_pretrained(spec, ignore_mismatched_sizes=True, **labels)
+        _reorder_head(model, spec, label_names)
     except (OSError, ValueError) as error:
         raise ConfigError(f"--student {spec}: cannot load it as a checkpoint ({str(error).splitlines()[0]}); "
                           "pass a save_pretrained directory, a hub id, bert:layers=…, bilstm:… or a config .json.") from error
     return model, load_tokenizer(tokenizer_source or spec), "hf"
+
+
+def _reorder_head(model, spec: str, label_names: tuple[str, ...]) -> None:
+    """A checkpoint whose head predicts the dataset's labels in another order gets its output rows permuted,
+    so it starts from what it knows instead of scrambled classes."""
+    from transformers import AutoConfig
+
+    own = AutoConfig.from_pretrained(spec).id2label or {}
+    own_names = [str(own[key]) for key in sorted(own, key=int)]
+    if own_names == list(label_names) or sorted(own_names) != sorted(label_names):
+        return
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == len(label_names)]
+    if not heads:
+        return
+    order = torch.tensor([own_names.index(name) for name in label_names])
+    with torch.no_grad():
+        heads[-1].weight.copy_(heads[-1].weight[order])
+        if heads[-1].bias is not None:
+            heads[-1].bias.copy_(heads[-1].bias[order])
 
 
 def load_saved_student(directory: Path):
