@@ -155,7 +155,9 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
     steps_per_epoch = [math.ceil(len(labeled_rows if e < config.warmup_epochs or distillation is None else all_rows)
                                  / config.batch_size) for e in range(config.epochs)]
     total_steps = sum(steps_per_epoch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    # fused AdamW: one kernel over all parameters; the default per-tensor path spent ~25% of a CPU step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  fused=True)
     warmup_steps = int(config.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: (step + 1) / max(1, warmup_steps) if step < warmup_steps
