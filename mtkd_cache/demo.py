@@ -238,7 +238,7 @@ def _plot(path: Path, models: list[ModelRow]) -> None:
     import matplotlib.pyplot as plt
 
     width = 0.8 / len(models)
-    figure, axis = plt.subplots(figsize=(10, 4.5))
+    figure, axis = plt.subplots(figsize=(11, 4.5))
     for position, model in enumerate(models):
         values = [v if v is not None else 0.0 for v in model.per_class]
         axis.bar(np.arange(len(LABELS)) + position * width, values, width, label=f"{model.name} ({model.role})",
@@ -246,7 +246,7 @@ def _plot(path: Path, models: list[ModelRow]) -> None:
     axis.set_xticks(np.arange(len(LABELS)) + 0.4 - width / 2, LABELS)
     axis.set_ylabel("per-class accuracy (test)")
     axis.set_ylim(0, 1.05)
-    axis.legend(fontsize="small", ncol=2, loc="lower right")
+    axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

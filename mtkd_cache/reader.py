@@ -11,7 +11,9 @@ reads of the same shard skip the hash. Only shards the manifest lists are ever o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,11 +73,18 @@ class Cache:
         rows = self._split_record(split).rows
         logits = np.empty((rows, len(names), len(self.label_names)), dtype=self.manifest.logits_dtype)
         preds = np.empty((rows, len(names)), dtype=np.int64)
-        for position, name in enumerate(names):
+
+        def fill(position: int, record: ShardRecord) -> None:
             # Each shard lands straight in its slice: no concatenated intermediate table.
-            for record, table in self._shard_tables(split, name, ["sample_id", "logits", "pred"]):
-                logits[record.row_start:record.row_end, position, :] = logits_array(table)
-                preds[record.row_start:record.row_end, position] = table.column("pred").to_numpy()
+            table = self._parse_aligned(record, ["sample_id", "logits", "pred"])
+            logits[record.row_start:record.row_end, position, :] = logits_array(table)
+            preds[record.row_start:record.row_end, position] = table.column("pred").to_numpy()
+
+        work = [(position, record) for position, name in enumerate(names) for record in self._shards(split, name)]
+        # pyarrow decodes and hashlib hashes without the GIL, so shards parse in parallel on every core.
+        with ThreadPoolExecutor(max_workers=min(len(work), os.cpu_count() or 1) or 1) as pool:
+            for future in [pool.submit(fill, position, record) for position, record in work]:
+                future.result()
         return TeacherOutputs(names, logits, preds)
 
     def _split_record(self, split: str):
@@ -83,8 +92,8 @@ class Cache:
             raise ConfigError(f"split '{split}' is not in the cache; it has {', '.join(self.split_names)}.")
         return self.manifest.splits[split]
 
-    def _shard_tables(self, split: str, teacher: str | None, columns: list[str] | None):
-        """(record, table) for every shard of a split in row order, each verified and row-aligned."""
+    def _shards(self, split: str, teacher: str | None) -> list[ShardRecord]:
+        """The shards of a split in row order; refuses a split that is not fully committed."""
         self._split_record(split)
         if not self.manifest.complete(split, teacher):
             what = f"teacher '{teacher}'" if teacher else "inputs"
@@ -92,18 +101,20 @@ class Cache:
                 f"the cache's {what} for split '{split}' are incomplete (an interrupted build?); "
                 f"re-run `mtkd-cache build` with --out {self.path} to finish it."
             )
-        for record in self.manifest.shards_of(split, teacher):
-            table = parse_shard(self._verified_bytes(record), columns)
-            ids = table.column("sample_id").to_numpy()
-            if len(ids) != record.rows or ids[0] != record.row_start or ids[-1] != record.row_end - 1:
-                raise CacheIntegrityError(f"shard {record.path} does not hold rows {record.row_start}..{record.row_end - 1}; "
-                                          "rebuild it.")
-            yield record, table
+        return self.manifest.shards_of(split, teacher)
+
+    def _parse_aligned(self, record: ShardRecord, columns: list[str] | None):
+        table = parse_shard(self._verified_bytes(record), columns)
+        ids = table.column("sample_id").to_numpy()
+        if len(ids) != record.rows or ids[0] != record.row_start or ids[-1] != record.row_end - 1:
+            raise CacheIntegrityError(f"shard {record.path} does not hold rows {record.row_start}..{record.row_end - 1}; "
+                                      "rebuild it.")
+        return table
 
     def _read_split(self, split: str, teacher: str | None, columns: list[str] | None):
         import pyarrow as pa
 
-        return pa.concat_tables([table for _, table in self._shard_tables(split, teacher, columns)])
+        return pa.concat_tables([self._parse_aligned(record, columns) for record in self._shards(split, teacher)])
 
     def _verified_bytes(self, record: ShardRecord) -> bytes:
         key = (str((self.path / record.path).resolve()), record.sha256)

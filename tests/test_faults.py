@@ -300,13 +300,17 @@ def test_truncated_or_empty_shard_caught_by_size_before_parsing(damage, referenc
     target = out / relative
     data = target.read_bytes()
     target.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
-    touched = []
-    monkeypatch.setattr(reader_module, "parse_shard", lambda *a, **k: touched.append("parse"))
-    monkeypatch.setattr(shards_module, "sha256_bytes", lambda *a, **k: touched.append("hash"))
+    damaged = target.read_bytes()
+    touched = []  # the reader parses other shards in parallel: only the damaged bytes must stay untouched
+    real_parse, real_hash = reader_module.parse_shard, shards_module.sha256_bytes
+    monkeypatch.setattr(reader_module, "parse_shard",
+                        lambda data, *a, **k: touched.append("parse") if data == damaged else real_parse(data, *a, **k))
+    monkeypatch.setattr(shards_module, "sha256_bytes",
+                        lambda data: touched.append("hash") if data == damaged else real_hash(data))
     with pytest.raises(CacheIntegrityError, match="bytes") as raised:
         open_cache(out).teacher_outputs("train", ["bert"])
     assert relative in str(raised.value) and str(len(data)) in str(raised.value)
-    assert touched == [], "the shard was hashed or parsed before its size was checked"
+    assert touched == [], "the damaged shard was hashed or parsed before its size was checked"
     monkeypatch.undo()
 
     result = _cli("verify", out)
