@@ -166,6 +166,7 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
     labels_tensor = torch.from_numpy(train_data.labels)
 
     result, start_epoch = TrainResult(), 0
+    _recover_best(run_dir / BEST_DIR)
     checkpoint_path = run_dir / CHECKPOINT
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
@@ -239,6 +240,13 @@ def _replace_directory(target: Path, save: Callable[[Path], None]) -> None:
         target.rename(previous)
     partial.rename(target)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def _recover_best(target: Path) -> None:
+    """A kill between the two renames of `_replace_directory` leaves the old best under `.previous`."""
+    previous = target.with_name(target.name + ".previous")
+    if previous.exists() and not target.exists():
+        previous.rename(target)
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, result: TrainResult, fingerprint: str) -> None:

@@ -94,3 +94,15 @@ def assets(tmp_path_factory) -> dict[str, Path]:
         "bert": make_teacher(root / "bert", "bert", seed=1),
         "distil": make_teacher(root / "distil", "distilbert", labels=("tech", "politics", "sports"), seed=2),
     }
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a small shared machine: one intra-op thread is several times faster than two
+    oversubscribed ones, and matches the OMP_NUM_THREADS=1 subprocesses some tests compare against."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -51,13 +51,7 @@ def student_specs(assets, hf_checkpoint: Path) -> dict[str, tuple[str, str | Non
             "hf": (str(hf_checkpoint), None)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a small shared machine: one intra-op thread is several times faster than oversubscribed two."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,7 @@ BERT_STUDENT = "bert:layers=1,hidden=32,heads=2"
 BILSTM_STUDENT = "bilstm:embed=16,hidden=16"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a small shared machine: one intra-op thread is faster and matches the subprocess below."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def subprocess_env() -> dict[str, str]:
