@@ -163,24 +163,29 @@ def load_manifest(cache_dir: Path) -> Manifest:
         raise CacheFormatError(
             f"{cache_dir} has no {MANIFEST_NAME}, so it is not a committed cache; run `mtkd-cache build --out {cache_dir}`."
         )
+    return parse_manifest(path.read_bytes(), str(path))
+
+
+def parse_manifest(data: bytes, where: str) -> Manifest:
+    """A manifest from its bytes (a local file or a remote object named `where` in messages)."""
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CacheFormatError(f"{path} is not valid JSON ({error}); restore it or rebuild the cache.") from error
+        raise CacheFormatError(f"{where} is not valid JSON ({error}); restore it or rebuild the cache.") from error
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if not isinstance(version, int):
-        raise CacheFormatError(f"{path} has no format_version; it is not an mtkd-cache manifest.")
+        raise CacheFormatError(f"{where} has no format_version; it is not an mtkd-cache manifest.")
     if version > FORMAT_VERSION:
         raise CacheFormatError(
-            f"{path} is cache format {version}, newer than this mtkd-cache reads ({FORMAT_VERSION}); "
+            f"{where} is cache format {version}, newer than this mtkd-cache reads ({FORMAT_VERSION}); "
             "upgrade with `pip install -U mtkd-cache`."
         )
     if version < 1:
-        raise CacheFormatError(f"{path} has format_version {version}; no such version exists. Restore it or rebuild.")
+        raise CacheFormatError(f"{where} has format_version {version}; no such version exists. Restore it or rebuild.")
     try:
         return _from_dict(_upgrade(raw))
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise CacheFormatError(f"{path} is missing or has a malformed field ({error}); restore it or rebuild.") from error
+        raise CacheFormatError(f"{where} is missing or has a malformed field ({error}); restore it or rebuild.") from error
 
 
 def _upgrade(raw: dict) -> dict:

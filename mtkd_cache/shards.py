@@ -92,6 +92,12 @@ def write_shard(cache_dir: Path, relative_path: str, table: pa.Table, expected: 
     encoding = _OUTPUTS_ENCODING if "logits" in table.column_names else _INPUTS_ENCODING
     pq.write_table(table, buffer, column_encoding=encoding, **_WRITE_OPTIONS)
     data = buffer.getvalue()
+    write_bytes_atomically(cache_dir, relative_path, data)
+    return len(data), sha256_bytes(data)
+
+
+def write_bytes_atomically(cache_dir: Path, relative_path: str, data: bytes) -> None:
+    """Hidden temp name, fsync, rename, fsync the directory: a final path only ever holds whole files."""
     final = cache_dir / relative_path
     temporary = final.parent / f"{TEMP_PREFIX}{final.name}.{os.getpid()}"
     try:
@@ -107,7 +113,6 @@ def write_shard(cache_dir: Path, relative_path: str, table: pa.Table, expected: 
         temporary.unlink(missing_ok=True)
         raise cache_write_error(final, error) from error
     fault_point("shard_renamed")
-    return len(data), sha256_bytes(data)
 
 
 def cache_write_error(path: Path, error: OSError) -> CacheWriteError:
