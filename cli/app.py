@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from mtkd_cache import (BuildConfig, DatasetSpec, MtkdError, RunnerConfig, TeacherSpec, build_cache, summarize,
+from mtkd_cache import (BuildConfig, CacheFormatError, DatasetSpec, MtkdError, RunnerConfig, TeacherSpec, build_cache, summarize,
                         verify_cache)
 from mtkd_cache.teachers import parse_label_map
 
@@ -76,11 +76,11 @@ def _unknown_label_map(label_maps: dict, teachers: list[TeacherSpec]) -> MtkdErr
 @app.command()
 @user_errors
 def info(
-    cache: Annotated[Path, typer.Argument(help="Cache directory.")],
+    cache: Annotated[str, typer.Argument(help="Cache directory, or a URL a cache was pushed to (s3://…, hf://…).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Show a cache's splits, rows, teachers, label names and sizes (from the manifest alone)."""
-    summary = summarize(cache)
+    summary = _summary(cache)
     if as_json:
         print(json.dumps(dataclasses.asdict(summary), indent=2))
         return
@@ -99,6 +99,18 @@ def info(
     stdout.print(teachers)
     stdout.print(f"{summary.shards} shards, {summary.total_bytes / 1e6:.2f} MB, logits {summary.logits_dtype}, "
                  f"{summary.logits_bytes_per_sample:.1f} bytes per sample per teacher")
+
+
+def _summary(cache: str):
+    if "://" not in cache:
+        return summarize(Path(cache))
+    from mtkd_cache.sharing import read_remote_manifest
+    from mtkd_cache.verify import summarize_manifest
+
+    manifest = read_remote_manifest(cache)
+    if manifest is None:
+        raise CacheFormatError(f"{cache} holds no manifest.json; is it the URL a cache was pushed to?")
+    return summarize_manifest(manifest, cache)
 
 
 @app.command()
@@ -157,7 +169,7 @@ def demo(
     stdout.print(f"wrote {out / 'report.md'} and {out / 'report.png'}")
 
 
-from . import distill_commands  # noqa: E402,F401 - registers experts/select/distill/finetune/report
+from . import distill_commands, sharing_commands  # noqa: E402,F401 - register their commands on `app`
 
 
 def main() -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
 stderr = Console(stderr=True)
 
@@ -39,3 +39,9 @@ class ProgressEvents:
 
     def note(self, message: str) -> None:
         self._progress.console.print(f"[dim]{message}[/dim]")
+
+
+def byte_progress(description: str, console: Console = stderr) -> Progress:
+    """A bar in bytes with bytes/s, for push and pull (the total grows as shards are found missing)."""
+    return Progress(TextColumn(description), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeElapsedColumn(), console=console)

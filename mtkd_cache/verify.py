@@ -93,7 +93,10 @@ class CacheSummary:
 
 def summarize(cache_dir: Path) -> CacheSummary:
     """What `info` shows: read from the manifest alone, no shard is opened."""
-    manifest = load_manifest(cache_dir)
+    return summarize_manifest(load_manifest(cache_dir), str(cache_dir))
+
+
+def summarize_manifest(manifest: Manifest, where: str) -> CacheSummary:
     splits = [SplitSummary(name, record.rows, record.labeled,
                            [t for t in manifest.teachers if manifest.complete(name, t)])
               for name, record in manifest.splits.items()]
@@ -103,7 +106,7 @@ def summarize(cache_dir: Path) -> CacheSummary:
                  "max_length": t.max_length, "revision": t.revision, "weights_sha256": t.weights_sha256[:12],
                  "truncated_rows": t.truncated_rows} for t in manifest.teachers.values()]
     return CacheSummary(
-        path=str(cache_dir), format_version=manifest.format_version, tool_version=manifest.tool_version,
+        path=where, format_version=manifest.format_version, tool_version=manifest.tool_version,
         dataset_source=manifest.dataset.source, dataset_fingerprint=manifest.dataset.fingerprint,
         label_names=manifest.label_names, logits_dtype=manifest.logits_dtype, splits=splits, teachers=teachers,
         shards=len(manifest.shards), total_bytes=sum(r.bytes for r in manifest.shards),

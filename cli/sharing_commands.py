@@ -1,0 +1,78 @@
+"""Sharing commands: push, pull, merge (info URL lives with info)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mtkd_cache import ConfigError
+from mtkd_cache.sharing import TransferReport, merge as merge_caches, pull as pull_cache, push as push_cache
+
+from .common import app, split_list, stdout, user_errors
+from .progress import byte_progress
+
+
+class _BarEvents:
+    def __init__(self, progress, description: str):
+        self.progress = progress
+        self.task = progress.add_task(description, total=None)
+
+    def start(self, total_bytes: int) -> None:
+        self.progress.update(self.task, total=total_bytes)
+
+    def advance(self, moved_bytes: int) -> None:
+        self.progress.advance(self.task, moved_bytes)
+
+
+def _transfer(description: str, run) -> TransferReport:
+    with byte_progress(description) as progress:
+        return run(_BarEvents(progress, description))
+
+
+def _print(report: TransferReport, verb: str) -> None:
+    rate = report.bytes_moved / report.seconds / 1e6 if report.seconds else 0.0
+    stdout.print(f"{verb} {report.shards_moved} shard(s), {report.bytes_moved:,} bytes ({rate:.1f} MB/s); "
+                 f"{report.shards_present} already there; {report.bytes_total:,} bytes in all")
+
+
+@app.command()
+@user_errors
+def push(
+    cache: Annotated[Path, typer.Argument(help="Local cache directory.")],
+    url: Annotated[str, typer.Argument(help="Destination: a path or fsspec URL (s3://bucket/prefix, hf://datasets/org/repo, gs://…).")],
+) -> None:
+    """Send the shards the destination lacks (by sha256), verified on arrival; the manifest goes last."""
+    _print(_transfer(f"push → {url}", lambda events: push_cache(cache, url, events)), "pushed")
+
+
+@app.command()
+@user_errors
+def pull(
+    url: Annotated[str, typer.Argument(help="Source: a path or fsspec URL a cache was pushed to.")],
+    cache: Annotated[Path, typer.Argument(help="Local cache directory to create or complete.")],
+    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated teachers to fetch; default all.")] = None,
+) -> None:
+    """Fetch the shards the local cache lacks (inputs and the chosen teachers), verifying every one."""
+    _print(_transfer(f"pull ← {url}", lambda events: pull_cache(url, cache, split_list(teachers), events)), "pulled")
+
+
+@app.command()
+@user_errors
+def merge(
+    caches: Annotated[list[Path], typer.Argument(help="Caches of the same dataset (e.g. one teacher each).")],
+    out: Annotated[Path, typer.Option(help="New cache directory to write.")],
+    rename: Annotated[Optional[list[str]], typer.Option(help="N:OLD=NEW renames teacher OLD of the N-th cache (1-based) to NEW.")] = None,
+) -> None:
+    """Join caches built separately on the same dataset fingerprint and labels into one."""
+    renames: dict[int, dict[str, str]] = {}
+    for item in rename or []:
+        position, _, pair = item.partition(":")
+        old, _, new = pair.partition("=")
+        if not position.isdigit() or not old or not new or not 1 <= int(position) <= len(caches):
+            raise ConfigError(f"--rename '{item}' must look like N:OLD=NEW with N between 1 and {len(caches)}.")
+        renames.setdefault(int(position) - 1, {})[old] = new
+    report = merge_caches(caches, out, renames)
+    stdout.print(f"merged {len(caches)} caches into {out}: {report.shards} shards, teachers "
+                 + ", ".join(f"{name} (from {source})" for name, source in report.teachers.items()))
