@@ -24,7 +24,7 @@ from .errors import CacheFormatError, CacheIntegrityError, CacheMismatchError, C
 from .hashing import sha256_bytes
 from .lock import CacheLock
 from .manifest import MANIFEST_NAME, Manifest, ShardRecord, load_manifest, parse_manifest
-from .shards import read_verified_bytes, write_bytes_atomically
+from .shards import read_verified_bytes, shard_is_intact, write_bytes_atomically
 
 class TransferEvents(Protocol):
     """Progress hooks; the CLI draws them as a bar in bytes with bytes/s."""
@@ -186,7 +186,7 @@ def pull(url: str, cache_dir: Path, teachers: tuple[str, ...] | None = None,
         local = load_manifest(cache_dir) if (cache_dir / MANIFEST_NAME).exists() else None
         merged = combine(local, wanted, url) if local is not None else copy.deepcopy(wanted)
         moving = _moving(merged, wanted)
-        missing = [record for record in moving if not _local_matches(cache_dir, record)]
+        missing = [record for record in moving if not shard_is_intact(cache_dir, record)]
         report.bytes_total = sum(r.bytes for r in moving)
         report.shards_present = len(moving) - len(missing)
         events.start(sum(r.bytes for r in missing))
@@ -229,14 +229,6 @@ def _remote_matches(fs, path: str, record: ShardRecord, listed: bool) -> bool:
         return listed or sha256_bytes(fs.cat_file(path)) == record.sha256
     except FileNotFoundError:
         return False
-
-
-def _local_matches(cache_dir: Path, record: ShardRecord) -> bool:
-    try:
-        read_verified_bytes(cache_dir, record)
-    except CacheIntegrityError:
-        return False
-    return True
 
 
 def _write_remote_manifest(fs, root: str, manifest: Manifest) -> None:
