@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,23 @@ def _typed(record, types: dict[str, type | tuple[type, ...]]):
     return record
 
 
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+# A shard path is derived from its record; anything else (a "..", an absolute path) could make a reader or
+# `pull` touch files outside the cache, so it is refused when the manifest is parsed.
+_SHARD_PATH = re.compile(rf"^(inputs/(?P<split>{_NAME})|outputs/(?P<teacher>{_NAME})/(?P<split2>{_NAME}))"
+                         r"/rows-(?P<start>\d{10})-(?P<end>\d{10})\.parquet$")
+
+
+def _checked_shard(record: "ShardRecord") -> "ShardRecord":
+    _typed(record, _SHARD_TYPES)
+    match = _SHARD_PATH.match(record.path)
+    if (match is None or ".." in record.path.split("/")
+            or (match["split"] or match["split2"]) != record.split or match["teacher"] != record.teacher
+            or (int(match["start"]), int(match["end"])) != (record.row_start, record.row_end)):
+        raise ValueError(f"shard path {record.path!r} does not match its split, teacher and rows")
+    return record
+
+
 _SHARD_TYPES = {"path": str, "split": str, "teacher": (str, type(None)), "row_start": int, "row_end": int,
                 "rows": int, "bytes": int, "sha256": str}
 
@@ -214,7 +232,7 @@ def _from_dict(raw: dict) -> Manifest:
         shard_rows=int(raw["shard_rows"]),
         logits_dtype=raw["logits_dtype"],
         teachers={name: TeacherRecord(**value) for name, value in raw["teachers"].items()},
-        shards=[_typed(ShardRecord(**value), _SHARD_TYPES) for value in raw["shards"]],
+        shards=[_checked_shard(ShardRecord(**value)) for value in raw["shards"]],
         format_version=FORMAT_VERSION,
         tool_version=raw["tool_version"],
         created_at=raw["created_at"],

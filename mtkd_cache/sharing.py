@@ -13,6 +13,7 @@ fsspec and its backends (s3fs, gcsfs, huggingface_hub's HfFileSystem); this modu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import uuid
@@ -25,6 +26,7 @@ from .hashing import sha256_bytes
 from .lock import CacheLock
 from .manifest import MANIFEST_NAME, Manifest, ShardRecord, load_manifest, parse_manifest
 from .shards import read_verified_bytes, shard_is_intact, write_bytes_atomically
+from .teachers import validate_name
 
 class TransferEvents(Protocol):
     """Progress hooks; the CLI draws them as a bar in bytes with bytes/s."""
@@ -158,10 +160,14 @@ def push(cache_dir: Path, url: str, events: TransferEvents | None = None) -> Tra
         temporary = _join(root, _temporary_name(record.path))
         fs.makedirs(temporary.rsplit("/", 1)[0], exist_ok=True)
         fs.pipe_file(temporary, data)
-        if sha256_bytes(fs.cat_file(temporary)) != record.sha256:
-            fs.rm_file(temporary)
-            raise CacheIntegrityError(f"{destination} arrived damaged (sha256 differs after upload); re-run push.")
-        fs.mv(temporary, destination)
+        try:
+            if sha256_bytes(fs.cat_file(temporary)) != record.sha256:
+                raise CacheIntegrityError(f"{destination} arrived damaged (sha256 differs after upload); re-run push.")
+            fs.mv(temporary, destination)
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: the original error is the one to report
+                fs.rm_file(temporary)
+            raise
         report.shards_moved += 1
         report.bytes_moved += len(data)
         events.advance(len(data))
@@ -254,6 +260,8 @@ def merge(cache_dirs: list[Path], out: Path, renames: dict[int, dict[str, str]] 
     report = MergeReport(out=out)
     for index, (directory, manifest) in enumerate(zip(cache_dirs, manifests)):
         mapping = renames.get(index, {})
+        for new_name in mapping.values():
+            validate_name(new_name, "teacher")
         unknown = [name for name in mapping if name not in manifest.teachers]
         if unknown:
             raise ConfigError(f"--rename names teacher(s) {', '.join(unknown)} that {directory} does not hold.")
