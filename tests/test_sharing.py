@@ -616,3 +616,18 @@ def test_cli_refusals_leave_destinations_unchanged(caches, tmp_path):
     assert (local / MANIFEST_NAME).read_bytes() == local_manifest
     _assert_user_error(_cli("pull", remote, tmp_path / "fresh", "--teachers", "bert,nosuch"), "nosuch", alone=False)
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_pulled_cache_reads_without_this_package(caches, tmp_path):
+    import datasets
+    import polars as pl
+
+    remote, pulled = tmp_path / "remote", tmp_path / "pulled"
+    push(caches["A"], str(remote))
+    pull(str(remote), pulled)
+    manifest = load_manifest(pulled)
+    files = [str(pulled / r.path) for r in manifest.shards_of("test", "bert")]
+    loaded = datasets.load_dataset("parquet", data_files={"test": files}, cache_dir=str(tmp_path / "hf"))["test"]
+    expected = open_cache(caches["A"]).teacher_outputs("test").logits[:, 0]
+    assert np.array_equal(loaded.with_format("numpy", dtype=np.float16)[:]["logits"], expected)
+    assert np.array_equal(pl.concat([pl.read_parquet(p) for p in files])["logits"].to_numpy(), expected)
