@@ -118,13 +118,15 @@ def distill(config: DistillConfig, progress=None, advance=None) -> RunResult:
     labels = torch.from_numpy(train_inputs.labels)
     tensors = expert_tensors(table)
 
-    def signal_for_epoch(epoch: int) -> TeacherSignal:
+    def draw(epoch: int) -> TeacherSignal:
         generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch)
         return select(config.strategy, logits, preds, labels, tensors, generator)
 
-    first_signal = signal_for_epoch(0)
-    if config.strategy.name not in STOCHASTIC:
-        signal_for_epoch = lambda epoch: first_signal  # noqa: E731 - deterministic: computed once per split
+    first_signal = draw(0)
+
+    def signal_for_epoch(epoch: int) -> TeacherSignal:
+        # Deterministic strategies are computed once per split; random/noisy are re-drawn every epoch.
+        return draw(epoch) if epoch > 0 and config.strategy.name in STOCHASTIC else first_signal
 
     config.train.validate()
     torch.manual_seed(config.train.seed)  # a student built from scratch starts from the seed's weights
