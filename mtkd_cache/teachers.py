@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .devices import dtype_name
 from .errors import ConfigError, LabelSpaceError, TeacherError
 from .hashing import sha256_files
 
@@ -198,10 +197,6 @@ class TorchTeacher:
                   for name in self.input_names if name in batch}
         output = self.model(**inputs).logits
         return output.float().cpu().numpy()
-
-    @property
-    def dtype_name(self) -> str:
-        return dtype_name(self.dtype)
 
 
 def _load_model(auto_class, directory: Path, dtype: torch.dtype):
