@@ -169,7 +169,7 @@ def demo(
     stdout.print(f"wrote {out / 'report.md'} and {out / 'report.png'}")
 
 
-from . import distill_commands, sharing_commands, sweep_commands  # noqa: E402,F401 - register their commands on `app`
+from . import augment_commands, distill_commands, sharing_commands, sweep_commands  # noqa: E402,F401 - register their commands on `app`
 
 
 def main() -> None:

@@ -128,7 +128,11 @@ def _load_dataset_dict(spec: DatasetSpec):
         extra = {"keep_default_na": False} if builder == "csv" else {}
         if builder == "csv" and all(f.endswith(".tsv") for f in data_files.values()):
             extra["sep"] = "\t"
-        return datasets.load_dataset(builder, data_files=data_files, **extra)
+        # One load per split file, so splits may have different columns (loaded together, datasets casts
+        # every file to the first one's): a transfer split from `mtkd-cache augment` has no label column
+        # and carries source_split, source_row and augmentation.
+        return datasets.DatasetDict({split: datasets.load_dataset(builder, data_files={split: file}, **extra)[split]
+                                     for split, file in data_files.items()})
     except DataError:
         raise
     except Exception as error:  # datasets wraps parser errors in many types; report the root cause

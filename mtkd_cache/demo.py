@@ -32,7 +32,7 @@ from .datasets import DatasetSpec
 from .devices import resolve_device
 from .distill import DistillConfig, FinetuneConfig, distill, expert_table_for, finetune
 from .errors import ConfigError
-from .evaluation import compute_metrics, median_difference, per_class_table
+from .evaluation import compute_metrics, median_difference, new_axes, per_class_table, save_figure
 from .experts import ExpertTable
 from .reader import open_cache
 from .strategies import StrategyConfig
@@ -232,13 +232,8 @@ def write_demo_report(report: DemoReport) -> None:
 
 
 def _plot(path: Path, models: list[ModelRow]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     width = 0.8 / len(models)
-    figure, axis = plt.subplots(figsize=(11, 4.5))
+    figure, axis = new_axes(11, 4.5)
     for position, model in enumerate(models):
         values = [v if v is not None else 0.0 for v in model.per_class]
         axis.bar(np.arange(len(LABELS)) + position * width, values, width, label=f"{model.name} ({model.role})",
@@ -247,6 +242,4 @@ def _plot(path: Path, models: list[ModelRow]) -> None:
     axis.set_ylabel("per-class accuracy (test)")
     axis.set_ylim(0, 1.05)
     axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)

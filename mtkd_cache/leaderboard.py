@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
+from .evaluation import new_axes, save_figure
 from .sweep import METRICS, RunRow
 
 CONFIG = ["strategy", "alpha", "temperature"]
@@ -74,12 +75,7 @@ def write_leaderboard(out: Path, rows: list[RunRow], metric: str) -> pl.DataFram
 
 
 def plot_robustness(path: Path, over_subsets: pl.DataFrame, metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = new_axes(7, 4)
     for (strategy, alpha, temperature), group in over_subsets.group_by(CONFIG, maintain_order=True):
         group = group.sort("num_teachers")
         sizes = group["num_teachers"].to_list()
@@ -88,7 +84,5 @@ def plot_robustness(path: Path, over_subsets: pl.DataFrame, metric: str) -> None
     axis.set_xlabel("number of teachers")
     axis.set_ylabel(f"{metric} (mean; band = worst to best)")
     axis.set_xticks(sorted(set(over_subsets["num_teachers"].to_list())))
-    axis.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    axis.legend(fontsize="small", loc="lower right")  # a fixed place: searching for the "best" one is slow
+    save_figure(figure, path)
