@@ -10,8 +10,9 @@ import typer
 from rich.table import Table
 
 from mtkd_cache import DatasetSpec, open_cache
-from mtkd_cache.distill import (DistillConfig, FinetuneConfig, distill as run_distill, expert_table_for,
+from mtkd_cache.distill import (DistillConfig, FinetuneConfig, TransferStage, distill as run_distill, expert_table_for,
                                 finetune as run_finetune, select_teachers, write_selection)
+from mtkd_cache.ensemble import evaluate_ensemble
 from mtkd_cache.evaluation import load_run_reports, plot_run_comparison
 from mtkd_cache.experts import parse_teacher_subset
 from mtkd_cache.strategies import STRATEGIES, StrategyConfig
@@ -113,13 +114,18 @@ def distill_command(
     expert_split: Annotated[str, typer.Option(help="Split the expert table comes from.")] = "test",
     noise_std: Annotated[float, typer.Option(help="noisy: sigma of the logit noise.")] = 1.0,
     gamma: Annotated[float, typer.Option(help="expert-soft: sharpening exponent.")] = 2.0,
+    stage1_split: Annotated[Optional[str], typer.Option(help="Two-stage schedule (TMKD): distil on this split "
+                                                        "first (e.g. an unlabeled transfer split: KD term only).")] = None,
+    stage1_epochs: Annotated[int, typer.Option(help="Epochs of stage 1.")] = 1,
+    stage1_strategy: Annotated[Optional[str], typer.Option(help="Strategy of stage 1; default --strategy.")] = None,
 ) -> None:
     """Train a student from the cache alone with a selection strategy; write the student and the report."""
+    stage1 = TransferStage(stage1_split, stage1_epochs, stage1_strategy) if stage1_split else None
     config = DistillConfig(
         cache=cache, student=student, out=out, strategy=StrategyConfig(strategy, noise_std, gamma), alpha=alpha,
         temperature=temperature, teachers=teachers, tokenizer=tokenizer, train_split=train_split,
         eval_split=eval_split, selection_split=selection_split, expert_split=expert_split,
-        train=_train_config(epochs, batch_size, lr, max_length, seed, device, patience, warmup_epochs))
+        train=_train_config(epochs, batch_size, lr, max_length, seed, device, patience, warmup_epochs), stage1=stage1)
     with ProgressEvents() as events:
         result = run_distill(config, events.task, events.advance)
     _print_result(result)
@@ -162,6 +168,11 @@ def finetune_command(
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run directories written by distill or finetune.")],
     out: Annotated[Optional[Path], typer.Option(help="Directory for comparison.md and comparison.png.")] = None,
+    ensemble: Annotated[bool, typer.Option(help="Also score a majority-vote and a mean-probability ensemble of the "
+                                                "runs' students (distill runs of one cache).")] = False,
+    split: Annotated[Optional[str], typer.Option(help="--ensemble: split to score on; default the runs' eval split.")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="--ensemble: cache to score on; default the first run's.")] = None,
+    device: Annotated[str, typer.Option(help="--ensemble: auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Compare runs side by side: accuracy, macro-F1, MCC, median per-class difference to each teacher."""
     reports = load_run_reports(runs)
@@ -178,8 +189,25 @@ def report(
         shown.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     stdout.print(shown)
+    if ensemble:
+        lines += ["", *_print_ensemble(evaluate_ensemble(runs, split, cache, device))]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "comparison.md").write_text("\n".join(lines) + "\n")
         plot_run_comparison(out / "comparison.png", reports)
         stdout.print(f"wrote {out / 'comparison.md'} and {out / 'comparison.png'}")
+
+
+def _print_ensemble(result) -> list[str]:
+    """Print the ensemble table; return it as Markdown lines for comparison.md."""
+    shown = Table("model", "accuracy", "macro-F1", "MCC", title=f"ensemble of {len(result.members)} students on "
+                  f"'{result.split}' ({result.rows} rows)")
+    lines = [f"## Ensemble on `{result.split}`", "", "| model | accuracy | macro-F1 | MCC |", "|---|---|---|---|"]
+    rows = [*result.members.items(), ("ensemble: majority vote", result.majority_vote),
+            ("ensemble: mean probability", result.mean_probability)]
+    for name, metrics in rows:
+        cells = [name, f"{metrics.accuracy:.4f}", f"{metrics.macro_f1:.4f}", f"{metrics.mcc:.4f}"]
+        shown.add_row(*cells, style="bold" if name.startswith("ensemble") else None)
+        lines.append("| " + " | ".join(cells) + " |")
+    stdout.print(shown)
+    return lines

@@ -32,6 +32,16 @@ from .devices import resolve_device
 
 
 @dataclass(frozen=True)
+class TransferStage:
+    """TMKD's first stage: distil on a transfer split (typically unlabeled: KD term only) before the task split.
+    The student leaves stage 1 with its last epoch's weights and starts stage 2 from them."""
+
+    split: str
+    epochs: int = 1
+    strategy: str | None = None  # None = the run's strategy
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     cache: Path
     student: str
@@ -46,6 +56,7 @@ class DistillConfig:
     selection_split: str | None = None  # picks the best epoch; default validation if cached, else eval_split
     expert_split: str = "test"  # the source thesis chose experts on test; validation avoids the leak
     train: TrainConfig = TrainConfig()
+    stage1: TransferStage | None = None
 
 
 @dataclass
@@ -72,7 +83,10 @@ def _refuse_another_run(run_dir: Path, fingerprint: str) -> None:
 
 
 def _config_dict(config) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    resolved = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    if resolved.get("stage1", 0) is None:
+        del resolved["stage1"]  # one-stage runs keep the fingerprints they had before two-stage runs existed
+    return resolved
 
 
 def expert_table_for(cache: Cache, split: str, teachers: tuple[str, ...]) -> ExpertTable:
@@ -86,7 +100,20 @@ def resolve_splits(config: DistillConfig, split_names: tuple[str, ...]) -> str:
                           ("--selection-split", selection_split), ("--expert-split", config.expert_split)):
         if split not in split_names:
             raise ConfigError(f"{option} {split}: the cache has splits {', '.join(split_names)}.")
+    if config.stage1 is not None:
+        if config.stage1.split not in split_names:
+            raise ConfigError(f"--stage1-split {config.stage1.split}: the cache has splits {', '.join(split_names)}.")
+        if config.stage1.epochs < 1:
+            raise ConfigError("--stage1-epochs must be at least 1.")
+        if (config.stage1.strategy or config.strategy.name) not in STRATEGIES:
+            raise ConfigError(f"--stage1-strategy must be one of {', '.join(STRATEGIES)}, not '{config.stage1.strategy}'.")
     return selection_split
+
+
+def _require_labels(prepared: PreparedCache, option: str, split: str) -> None:
+    if not (prepared.inputs(split).labels >= 0).any():
+        raise ConfigError(f"{option} {split}: that split has no gold labels (a transfer split?); "
+                          "choose a labeled split.")
 
 
 def distill(config: DistillConfig, progress=None, advance=None, prepared: PreparedCache | None = None) -> RunResult:
@@ -105,6 +132,9 @@ def distill(config: DistillConfig, progress=None, advance=None, prepared: Prepar
     if config.expert_split == config.eval_split and config.strategy.name in NEEDS_EXPERTS:
         warnings.append(f"experts are chosen on '{config.expert_split}', the split the report evaluates on: the "
                         "reported score is optimistic (test labels leak); use --expert-split validation.")
+    for option, split in (("--expert-split", config.expert_split), ("--selection-split", selection_split),
+                          ("--eval-split", config.eval_split)):
+        _require_labels(prepared, option, split)  # experts are never computed from unlabeled rows
     table = prepared.expert_table(config.expert_split, teachers)
     train_labels = prepared.inputs(config.train_split).labels
     if len(np.unique(train_labels[train_labels >= 0])) < 2:
@@ -134,10 +164,14 @@ def distill(config: DistillConfig, progress=None, advance=None, prepared: Prepar
                                          prepared.inputs(split).labels)
                      for split in dict.fromkeys((config.train_split, selection_split, config.eval_split))}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    result = train(model, lambda d: _save_student(model, tokenizer, d), split_tensors[config.train_split],
-                   split_tensors[selection_split], config.train, run_dir, pad_id,
-                   Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1, fingerprint,
-                   progress, advance)
+    save = lambda directory: _save_student(model, tokenizer, directory)  # noqa: E731
+    stage1 = None
+    if config.stage1 is not None:
+        stage1 = _transfer_stage(config, prepared, teachers, model, save, tokenizer, split_tensors[selection_split],
+                                 run_dir, pad_id, fingerprint, progress, advance)
+    result = train(model, save, split_tensors[config.train_split], split_tensors[selection_split], config.train,
+                   run_dir, pad_id, Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1,
+                   fingerprint, progress, advance)
 
     _, eval_preds = prepared.teacher_tensors(config.eval_split, teachers)
     teacher_per_class = {t: compute_metrics(eval_preds[:, n].numpy(), split_tensors[config.eval_split].labels,
@@ -151,11 +185,40 @@ def distill(config: DistillConfig, progress=None, advance=None, prepared: Prepar
         "experts": table.to_json(), "eval_split": config.eval_split, "expert_split": config.expert_split,
         "eval_rows": len(split_tensors[config.eval_split].labels), "config": resolved, "warnings": warnings,
         "history": [dataclasses.asdict(r) for r in result.history], "best_epoch": result.best_epoch,
-        "train_seconds": result.train_seconds,
+        "train_seconds": result.train_seconds + (stage1.train_seconds if stage1 else 0.0),
     })
+    if stage1 is not None:
+        report["stage1"] = {**dataclasses.asdict(config.stage1), "strategy": config.stage1.strategy or config.strategy.name,
+                            "rows": len(prepared.inputs(config.stage1.split).labels),
+                            "history": [dataclasses.asdict(r) for r in stage1.history],
+                            "train_seconds": stage1.train_seconds}
     write_report(run_dir, report, cache.label_names)
-    _write_history(run_dir, result)
+    _write_history(run_dir, result, stage1)
     return RunResult(run_dir, report, result, warnings)
+
+
+STAGE1_DIR = "stage1"
+
+
+def _transfer_stage(config: DistillConfig, prepared: PreparedCache, teachers: tuple[str, ...], model, save,
+                    tokenizer, selection: SplitTensors, run_dir: Path, pad_id: int, fingerprint: str,
+                    progress, advance) -> TrainResult:
+    """Stage 1 in run_dir/stage1 (its own checkpoint, so a killed run resumes in either stage)."""
+    stage = config.stage1
+    strategy = dataclasses.replace(config.strategy, name=stage.strategy or config.strategy.name)
+
+    def signal_for_epoch(epoch: int) -> TeacherSignal:
+        drawn = epoch if strategy.name in STOCHASTIC else 0
+        return prepared.signal(strategy, teachers, stage.split, config.expert_split, config.train.seed, drawn)
+
+    tensors = SplitTensors(prepared.tokens(tokenizer, config.train.max_length, stage.split),
+                           prepared.inputs(stage.split).labels)
+    train_config = dataclasses.replace(config.train, epochs=stage.epochs, warmup_epochs=0, patience=None)
+    (run_dir / STAGE1_DIR).mkdir(exist_ok=True)
+    labelled = (lambda description, total: progress(f"stage 1 · {description}", total)) if progress else None
+    return train(model, save, tensors, selection, train_config, run_dir / STAGE1_DIR, pad_id,
+                 Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1, fingerprint + ":stage1",
+                 labelled, advance)
 
 
 def _save_student(model, tokenizer, directory: Path) -> None:
@@ -163,10 +226,13 @@ def _save_student(model, tokenizer, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def _write_history(run_dir: Path, result: TrainResult) -> None:
+def _write_history(run_dir: Path, result: TrainResult, stage1: TrainResult | None = None) -> None:
+    """One line per epoch; a two-stage run lists stage 1's epochs first, marked "stage": 1."""
     with open(run_dir / "metrics.jsonl", "w") as handle:
-        for record in result.history:
-            handle.write(json.dumps(dataclasses.asdict(record)) + "\n")
+        for stage, records in ((1, stage1.history if stage1 else []), (2 if stage1 else None, result.history)):
+            for record in records:
+                line = dataclasses.asdict(record) | ({"stage": stage} if stage else {})
+                handle.write(json.dumps(line) + "\n")
 
 
 def _evaluate(run_dir: Path, eval_split: SplitTensors, label_names: tuple[str, ...], device: str, pad_id: int,
