@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 
 import typer
 from rich.console import Console
@@ -24,10 +26,17 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except MtkdError as error:
-            stderr.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+            if stderr.quiet:
+                print(f"error (rank {os.environ.get('RANK')}): {error}", file=sys.stderr)
+            else:
+                stderr.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+def quiet_console() -> None:
+    stdout.quiet = stderr.quiet = True
 
 
 def split_list(value: str | None) -> tuple[str, ...] | None:

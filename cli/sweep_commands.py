@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mtkd_cache import distributed
 from mtkd_cache.leaderboard import robustness_over_subsets, write_leaderboard
 from mtkd_cache.sweep import RunRow, SweepEvents, load_sweep_file, run_sweep, sweep_config_from_options
 
@@ -89,6 +90,8 @@ def sweep(
     events = _SweepProgress()
     with events.progress:
         result = run_sweep(sweep_config, events)
+    if not distributed.current().is_main:
+        return  # under torchrun rank 0 writes the leaderboard of every rank's runs
     out_dir = sweep_config.base.out
     frame = write_leaderboard(out_dir, result.rows, sweep_config.metric)
     _print_leaderboard(frame, sweep_config.metric)

@@ -23,6 +23,8 @@ from .datasets import DatasetSpec, load_task_data
 from .errors import ConfigError
 from .evaluation import compute_metrics, macro_f1, median_difference, write_report
 from .experts import ExpertTable, parse_teacher_subset
+from . import distributed
+from .distributed import DistributedContext
 from .prepared import PreparedCache
 from .reader import Cache
 from .strategies import NEEDS_EXPERTS, STOCHASTIC, STRATEGIES, StrategyConfig, TeacherSignal
@@ -116,8 +118,12 @@ def _require_labels(prepared: PreparedCache, option: str, split: str) -> None:
                           "choose a labeled split.")
 
 
-def distill(config: DistillConfig, progress=None, advance=None, prepared: PreparedCache | None = None) -> RunResult:
-    """Train one student from the cache; `prepared` shares the loaded cache between runs (see sweep)."""
+def distill(config: DistillConfig, progress=None, advance=None, prepared: PreparedCache | None = None,
+            data_parallel: bool = True) -> RunResult:
+    """Train one student from the cache; `prepared` shares the loaded cache between runs (see sweep).
+
+    Under torchrun (and `data_parallel`) the ranks train one student with DistributedDataParallel;
+    rank 0 alone writes the run directory, and every rank returns the same report."""
     if not 0 <= config.alpha <= 1:
         raise ConfigError(f"--alpha must be between 0 and 1, not {config.alpha}.")
     if config.temperature <= 0:
@@ -128,6 +134,9 @@ def distill(config: DistillConfig, progress=None, advance=None, prepared: Prepar
     cache = prepared.cache
     teachers = parse_teacher_subset(config.teachers, cache.teacher_names)
     selection_split = resolve_splits(config, cache.split_names)
+    context = distributed.current() if data_parallel else DistributedContext()
+    if not context.is_main:
+        progress = advance = None
     warnings = []
     if config.expert_split == config.eval_split and config.strategy.name in NEEDS_EXPERTS:
         warnings.append(f"experts are chosen on '{config.expert_split}', the split the report evaluates on: the "
@@ -158,7 +167,8 @@ def distill(config: DistillConfig, progress=None, advance=None, prepared: Prepar
     fingerprint = _fingerprint({**_portable(resolved), "cache_fingerprint": cache.manifest.dataset.fingerprint,
                                 "teacher_weights": [cache.manifest.teachers[t].weights_sha256 for t in teachers]})
     _refuse_another_run(run_dir, fingerprint)
-    (run_dir / "config.json").write_text(json.dumps({**resolved, "fingerprint": fingerprint}, indent=1))
+    if context.is_main:
+        (run_dir / "config.json").write_text(json.dumps({**resolved, "fingerprint": fingerprint}, indent=1))
 
     split_tensors = {split: SplitTensors(prepared.tokens(tokenizer, config.train.max_length, split),
                                          prepared.inputs(split).labels)
@@ -168,11 +178,21 @@ def distill(config: DistillConfig, progress=None, advance=None, prepared: Prepar
     stage1 = None
     if config.stage1 is not None:
         stage1 = _transfer_stage(config, prepared, teachers, model, save, tokenizer, split_tensors[selection_split],
-                                 run_dir, pad_id, fingerprint, progress, advance)
+                                 run_dir, pad_id, fingerprint, progress, advance, context)
     result = train(model, save, split_tensors[config.train_split], split_tensors[selection_split], config.train,
                    run_dir, pad_id, Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1,
-                   fingerprint, progress, advance)
+                   fingerprint, progress, advance, context)
+    report = None
+    if context.is_main:
+        report = _report_run(config, prepared, teachers, table, first_signal, split_tensors, pad_id, run_dir, resolved,
+                             warnings, result, stage1)
+    return RunResult(run_dir, context.broadcast(report), result, warnings)
 
+
+def _report_run(config: DistillConfig, prepared: PreparedCache, teachers: tuple[str, ...], table: ExpertTable,
+                first_signal: TeacherSignal, split_tensors: dict[str, SplitTensors], pad_id: int, run_dir: Path,
+                resolved: dict, warnings: list[str], result: TrainResult, stage1: TrainResult | None) -> dict:
+    cache = prepared.cache
     _, eval_preds = prepared.teacher_tensors(config.eval_split, teachers)
     teacher_per_class = {t: compute_metrics(eval_preds[:, n].numpy(), split_tensors[config.eval_split].labels,
                                             len(cache.label_names)).per_class_accuracy for n, t in enumerate(teachers)}
@@ -194,7 +214,7 @@ def distill(config: DistillConfig, progress=None, advance=None, prepared: Prepar
                             "train_seconds": stage1.train_seconds}
     write_report(run_dir, report, cache.label_names)
     _write_history(run_dir, result, stage1)
-    return RunResult(run_dir, report, result, warnings)
+    return report
 
 
 STAGE1_DIR = "stage1"
@@ -202,7 +222,7 @@ STAGE1_DIR = "stage1"
 
 def _transfer_stage(config: DistillConfig, prepared: PreparedCache, teachers: tuple[str, ...], model, save,
                     tokenizer, selection: SplitTensors, run_dir: Path, pad_id: int, fingerprint: str,
-                    progress, advance) -> TrainResult:
+                    progress, advance, context: DistributedContext) -> TrainResult:
     """Stage 1 in run_dir/stage1 (its own checkpoint, so a killed run resumes in either stage)."""
     stage = config.stage1
     strategy = dataclasses.replace(config.strategy, name=stage.strategy or config.strategy.name)
@@ -218,7 +238,7 @@ def _transfer_stage(config: DistillConfig, prepared: PreparedCache, teachers: tu
     labelled = (lambda description, total: progress(f"stage 1 · {description}", total)) if progress else None
     return train(model, save, tensors, selection, train_config, run_dir / STAGE1_DIR, pad_id,
                  Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1, fingerprint + ":stage1",
-                 labelled, advance)
+                 labelled, advance, context)
 
 
 def _save_student(model, tokenizer, directory: Path) -> None:
@@ -286,19 +306,25 @@ def finetune(config: FinetuneConfig, progress=None, advance=None) -> RunResult:
     resolved = {**_config_dict(config), "selection_split": selection_split, "student_kind": kind}
     fingerprint = _fingerprint({**_portable(resolved), "dataset_fingerprint": task.fingerprint})
     _refuse_another_run(run_dir, fingerprint)
-    (run_dir / "config.json").write_text(json.dumps({**resolved, "fingerprint": fingerprint}, indent=1))
+    context = distributed.current()
+    if context.is_main:
+        (run_dir / "config.json").write_text(json.dumps({**resolved, "fingerprint": fingerprint}, indent=1))
+    else:
+        progress = advance = None
     tensors = {name: SplitTensors(tokenize_rows(tokenizer, s.texts, s.text_pairs, config.train.max_length), s.labels)
                for name, s in task.splits.items() if name in (config.train_split, selection_split, config.eval_split)}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     result = train(model, lambda d: _save_student(model, tokenizer, d), tensors[config.train_split],
                    tensors[selection_split], config.train, run_dir, pad_id, None, macro_f1, fingerprint,
-                   progress, advance)
-    report = _evaluate(run_dir, tensors[config.eval_split], task.label_names, config.train.device, pad_id, {})
-    report.update({"eval_split": config.eval_split, "config": resolved, "best_epoch": result.best_epoch,
-                   "history": [dataclasses.asdict(r) for r in result.history], "train_seconds": result.train_seconds})
-    (run_dir / "report.json").write_text(json.dumps(report, indent=1))
-    _write_history(run_dir, result)
-    return RunResult(run_dir, report, result)
+                   progress, advance, context)
+    report = None
+    if context.is_main:
+        report = _evaluate(run_dir, tensors[config.eval_split], task.label_names, config.train.device, pad_id, {})
+        report.update({"eval_split": config.eval_split, "config": resolved, "best_epoch": result.best_epoch,
+                       "history": [dataclasses.asdict(r) for r in result.history], "train_seconds": result.train_seconds})
+        (run_dir / "report.json").write_text(json.dumps(report, indent=1))
+        _write_history(run_dir, result)
+    return RunResult(run_dir, context.broadcast(report), result)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._faults import fault_point
+from . import distributed
 from .distill import DistillConfig, RunResult, _config_dict, _fingerprint, _portable, distill, resolve_splits
 from .errors import ConfigError
 from .experts import parse_teacher_subset
@@ -140,30 +141,38 @@ def run_sweep(config: SweepConfig, events: SweepEvents | None = None) -> SweepRe
     runs = expand_grid(config, prepared.cache.teacher_names)
     resolve_splits(config.base, prepared.cache.split_names)
     manifest = prepared.cache.manifest
-    result = SweepResult(planned=len(runs))
+    context = distributed.current()
     config.base.out.mkdir(parents=True, exist_ok=True)
-    for index, run in enumerate(runs):
+    done: list[tuple[int, RunRow]] = []
+    stopped = False
+    # Under torchrun each rank trains its own runs (every world_size-th), each on one device: simpler and
+    # faster than DDP when a student fits one GPU.
+    for index in range(context.rank, len(runs), context.world_size):
+        run = runs[index]
         identity = _fingerprint({**_portable(_config_dict(run.config)), "cache_fingerprint": manifest.dataset.fingerprint,
                                  "teacher_weights": [manifest.teachers[t].weights_sha256 for t in run.config.teachers.split(",")]})
         run_dir = config.base.out / RUNS_DIR / f"{run.name}-{identity[:10]}"
         finished = _finished_row(run_dir)
         if finished is not None:
-            result.rows.append(finished)
+            done.append((index, finished))
             events.run_finished(finished)
             continue
         if config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes:
-            result.stopped_by_budget = True
+            stopped = True
             break
         events.run_started(index, len(runs), run.name)
         run_started = time.perf_counter()
-        outcome = distill(dataclasses.replace(run.config, out=run_dir), *events.epoch_progress(), prepared=prepared)
+        outcome = distill(dataclasses.replace(run.config, out=run_dir), *events.epoch_progress(), prepared=prepared,
+                          data_parallel=False)
         row = _row(run_dir.name, run.config, outcome, time.perf_counter() - run_started)
         _write_json_atomically(run_dir / DONE_MARKER, dataclasses.asdict(row))
         fault_point("sweep_run_finished")
-        result.rows.append(row)
+        done.append((index, row))
         events.run_finished(row)
-    result.seconds = time.perf_counter() - started
-    return result
+    gathered = context.all_gather((done, stopped))
+    rows = [row for _, row in sorted((pair for part, _ in gathered for pair in part), key=lambda pair: pair[0])]
+    return SweepResult(rows=rows, planned=len(runs), stopped_by_budget=any(flag for _, flag in gathered),
+                       seconds=time.perf_counter() - started)
 
 
 def _row(name: str, config: DistillConfig, outcome: RunResult, run_seconds: float) -> RunRow:

@@ -22,7 +22,7 @@ import torch
 
 from ._faults import fault_point
 from .batching import TokenizedRows, pad_rows, token_budget_batches
-from .devices import resolve_device
+from .distributed import DistributedContext
 from .errors import ConfigError
 from .losses import distillation_loss, supervised_loss
 from .strategies import TeacherSignal
@@ -123,33 +123,40 @@ def _autocast(device: torch.device):
 
 
 @torch.inference_mode()
-def predict_logits(model, tokens: TokenizedRows, pad_id: int, device: torch.device, batch_tokens: int = 8192) -> np.ndarray:
-    """float32 logits [rows, K] in row order (batches run longest first)."""
+def predict_logits(model, tokens: TokenizedRows, pad_id: int, device: torch.device, batch_tokens: int = 8192,
+                   rows: np.ndarray | None = None) -> np.ndarray:
+    """float32 logits [len(rows), K] for `rows` (default all), in their order (batches run longest first)."""
     model.eval()
     accepted = _accepted_inputs(model)
+    rows = np.arange(len(tokens.lengths)) if rows is None else rows
     out = None
-    for rows in token_budget_batches(tokens.lengths, batch_tokens):
+    for positions in token_budget_batches(tokens.lengths[rows], batch_tokens):
+        batch = pad_rows(tokens, rows[positions], pad_id)
         with _autocast(device):
-            logits = model(**_to_device(pad_rows(tokens, rows, pad_id), device, accepted)).logits.float().cpu().numpy()
+            logits = model(**_to_device(batch, device, accepted)).logits.float().cpu().numpy()
         if out is None:
-            out = np.empty((len(tokens.lengths), logits.shape[1]), dtype=np.float32)
-        out[rows] = logits
-    return out
+            out = np.empty((len(rows), logits.shape[1]), dtype=np.float32)
+        out[positions] = logits
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, selection: SplitTensors,
           config: TrainConfig, run_dir: Path, pad_id: int, distillation: Distillation | None,
           score: Callable[[np.ndarray, np.ndarray], float], fingerprint: str,
-          progress: Callable[[str, int], None] | None = None, advance: Callable[[int], None] | None = None) -> TrainResult:
+          progress: Callable[[str, int], None] | None = None, advance: Callable[[int], None] | None = None,
+          context: DistributedContext = DistributedContext()) -> TrainResult:
     """Train `model`; the best epoch by `score(pred, labels)` on `selection` is saved to run_dir/student.
 
     `fingerprint` identifies the whole run configuration: a checkpoint from another configuration is
-    refused rather than resumed.
+    refused rather than resumed. Under torchrun (`context.active`) the model is wrapped in
+    DistributedDataParallel and each global batch — the very batch a single process would take — is
+    split across ranks; only rank 0 writes the checkpoint and the student.
     """
     config.validate()
-    device = resolve_device(config.device)
+    device = context.device(config.device)
     torch.manual_seed(config.seed)
     model.to(device)
+    trained = _wrap_for_ranks(model, device, context)
     accepted = _accepted_inputs(model)
     labeled_rows = np.flatnonzero(train_data.labels >= 0)
     all_rows = np.arange(len(train_data.labels))
@@ -167,7 +174,8 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
     labels_tensor = torch.from_numpy(train_data.labels)
 
     result, start_epoch = TrainResult(), 0
-    _recover_best(run_dir / BEST_DIR)
+    if context.is_main:
+        _recover_best(run_dir / BEST_DIR)
     checkpoint_path = run_dir / CHECKPOINT
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
@@ -195,40 +203,80 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
         model.train()
         total_loss = 0.0
         for batch_rows in batches:
-            inputs = _to_device(pad_rows(train_data.tokens, batch_rows, pad_id), device, accepted)
-            index = torch.from_numpy(batch_rows)
+            local_rows, share = _rank_share(batch_rows, context)
+            inputs = _to_device(pad_rows(train_data.tokens, local_rows, pad_id), device, accepted)
+            index = torch.from_numpy(local_rows)
             labels = labels_tensor[index].to(device)
             with _autocast(device):
-                logits = model(**inputs).logits
+                logits = trained(**inputs).logits
             if distilling:
                 loss = distillation_loss(logits, signal.logits[index].to(device), signal.weights[index].to(device),
                                          signal.combine, labels, distillation.alpha, distillation.temperature)
             else:
                 loss = supervised_loss(logits, labels)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * share).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            total_loss += loss.item() * len(batch_rows)
+            total_loss += loss.item() * len(local_rows) * (share > 0)
             if advance:
                 advance(len(batch_rows))
-        preds = predict_logits(model, selection.tokens, pad_id, device).argmax(axis=1)
+        total_loss = sum(context.all_gather(total_loss))
+        preds = _predict_split(model, selection.tokens, pad_id, device, context).argmax(axis=1)
         epoch_score = score(preds, selection.labels)
         result.history.append(EpochRecord(epoch, "distill" if distilling else "finetune", total_loss / max(1, len(rows)),
                                           epoch_score, time.perf_counter() - epoch_started))
         if epoch_score > result.best_score:
             result.best_score, result.best_epoch, epochs_since_best = epoch_score, epoch, 0
-            _replace_directory(run_dir / BEST_DIR, save_model)
+            if context.is_main:
+                _replace_directory(run_dir / BEST_DIR, save_model)
         else:
             epochs_since_best += 1
             result.stopped_early = config.patience is not None and epochs_since_best >= config.patience
         result.train_seconds += time.perf_counter() - epoch_started
-        _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, result, fingerprint)
+        if context.is_main:
+            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, result, fingerprint)
+        context.barrier()  # a rank killed now resumes with the others from this epoch's checkpoint
         fault_point("epoch_checkpointed")
     return result
+
+
+def _wrap_for_ranks(model, device: torch.device, context: DistributedContext):
+    if not context.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _rank_share(batch_rows: np.ndarray, context: DistributedContext) -> tuple[np.ndarray, float]:
+    """This rank's rows of a global batch, and the factor that makes DDP's gradient average equal the
+    gradient of the whole batch's mean loss. A rank left without rows runs one row with factor 0, so
+    every rank still joins the gradient all-reduce."""
+    if not context.active:
+        return batch_rows, 1.0
+    local = batch_rows[context.rank::context.world_size]
+    if len(local) == 0:
+        return batch_rows[:1], 0.0
+    return local, len(local) * context.world_size / len(batch_rows)
+
+
+def _predict_split(model, tokens: TokenizedRows, pad_id: int, device: torch.device,
+                   context: DistributedContext) -> np.ndarray:
+    """Logits of every row of a split; under torchrun each rank scores a stride of the rows and they are gathered."""
+    if not context.active:
+        return predict_logits(model, tokens, pad_id, device)
+    rows = np.arange(context.rank, len(tokens.lengths), context.world_size)
+    parts = context.all_gather((rows, predict_logits(model, tokens, pad_id, device, rows=rows)))
+    num_labels = max(part[1].shape[1] for part in parts)
+    out = np.empty((len(tokens.lengths), num_labels), dtype=np.float32)
+    for part_rows, logits in parts:
+        if len(part_rows):
+            out[part_rows] = logits
+    return out
 
 
 def _replace_directory(target: Path, save: Callable[[Path], None]) -> None:

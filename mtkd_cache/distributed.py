@@ -1,0 +1,93 @@
+"""torch.distributed under torchrun (or any launcher that sets RANK, WORLD_SIZE and the rendezvous variables).
+
+One process per GPU (or per CPU slot): NCCL when CUDA is present, gloo otherwise, chosen here. Outside a
+launcher `current()` returns a single-process context whose collectives are no-ops, so every stage
+calls the same code whether it runs alone or as one rank of many.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # None: a single process, no process group
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, requested: str) -> torch.device:
+        """The device of this rank: with CUDA, the GPU of its local rank."""
+        from .devices import resolve_device
+
+        device = resolve_device(requested)
+        if device.type == "cuda" and self.active:
+            if self.local_rank >= torch.cuda.device_count():
+                raise ConfigError(f"local rank {self.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+                                  "start at most one process per GPU (--nproc-per-node).")
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        return device
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's `value`, in rank order (picklable objects)."""
+        if not self.active:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank."""
+        if not self.active:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+
+def current() -> DistributedContext:
+    """The context of this process; joins the process group on first use when a launcher started it."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # Long timeout: a rank may wait at a barrier while another one runs a whole teacher over its shards.
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=6))
+    return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                              local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=dist.get_backend())
+
+
+def balanced_assignment(costs: list[int], world_size: int) -> list[list[int]]:
+    """Indices of `costs` split into `world_size` parts with near-equal sums (largest first, to the lightest part).
+
+    Deterministic (ties by index), so every rank computes the same assignment without talking."""
+    parts: list[list[int]] = [[] for _ in range(world_size)]
+    loads = [0] * world_size
+    for index in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        lightest = min(range(world_size), key=lambda r: (loads[r], r))
+        parts[lightest].append(index)
+        loads[lightest] += costs[index]
+    return [sorted(part) for part in parts]

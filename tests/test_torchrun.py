@@ -1,0 +1,92 @@
+"""Under torchrun on CPU (gloo, 2 processes): distill with DistributedDataParallel against the same run in one
+process, sweep spreading its runs over ranks, and build splitting shards over ranks — bit-identical to a
+1-rank build, and finished by 1 rank after one of 2 ranks was killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from mtkd_cache import BuildConfig, DatasetSpec, TeacherSpec, build_cache, open_cache
+from mtkd_cache.distributed import balanced_assignment
+
+from conftest import make_teacher
+
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
+runner = CliRunner()
+# No dropout: the 2-rank gradient is then the 1-process gradient up to float summation order.
+STUDENT = "bilstm:embed=16,hidden=16,dropout=0"
+
+
+def torchrun(args: list[str], fault: str | None = None, fault_rank: int | None = None) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+                       TOKENIZERS_PARALLELISM="false")
+    environment.pop("MTKD_CACHE_FAULT", None)
+    if fault:
+        environment["MTKD_CACHE_FAULT"] = fault
+        environment["MTKD_CACHE_FAULT_RANK"] = str(fault_rank)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "mtkd_cache", *args]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=400)
+
+
+@pytest.fixture(scope="module")
+def env(assets, tmp_path_factory):
+    root = tmp_path_factory.mktemp("torchrun")
+    cache = root / "cache"
+    build_cache(BuildConfig(dataset=DatasetSpec(source=str(assets["data"])), out=cache, shard_rows=16,
+                            teachers=(TeacherSpec("a", str(assets["bert"])), TeacherSpec("b", str(assets["distil"])))))
+    return {"root": root, "cache": cache, "tokenizer": str(assets["bert"]), "assets": assets}
+
+
+def distill_args(env, out: Path, strategy: str = "random") -> list[str]:
+    return ["distill", str(env["cache"]), "--student", STUDENT, "--tokenizer", env["tokenizer"], "--out", str(out),
+            "--epochs", "3", "--lr", "1e-2", "--batch-size", "7", "--device", "cpu", "--strategy", strategy,
+            "--expert-split", "validation"]
+
+
+def test_two_rank_distill_matches_one_process(env, tmp_path):
+    two = torchrun(distill_args(env, tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = runner.invoke(app, distill_args(env, tmp_path / "one"))
+    assert one.exit_code == 0, one.output
+    reports = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("two", "one")]
+    assert reports[0].keys() == reports[1].keys()
+    for key in ("accuracy", "macro_f1", "mcc"):  # stated tolerance: 0.02 absolute (same data, same batches)
+        assert abs(reports[0][key] - reports[1][key]) <= 0.02, key
+    losses = [[h["train_loss"] for h in r["history"]] for r in reports]
+    assert np.allclose(losses[0], losses[1], rtol=1e-4), losses
+    assert [h["selection_score"] for h in reports[0]["history"]] == pytest.approx(
+        [h["selection_score"] for h in reports[1]["history"]], abs=0.02)
+    # rank 0 alone wrote the run directory: one config, one checkpoint, no leftovers
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_two_rank_sweep_spreads_runs_and_writes_one_leaderboard(env, tmp_path):
+    args = ["sweep", str(env["cache"]), "--student", STUDENT, "--tokenizer", env["tokenizer"], "--out",
+            str(tmp_path / "sweep"), "--strategy", "expert", "--strategy", "average", "--seed", "0", "--seed", "1",
+            "--epochs", "1", "--lr", "1e-2", "--device", "cpu", "--expert-split", "validation"]
+    result = torchrun(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    board = pl.read_parquet(tmp_path / "sweep" / "leaderboard.parquet")
+    assert board.height == 4 and board["status"].to_list() == ["trained"] * 4
+    assert result.stdout.count("leaderboard (by accuracy)") == 1  # rank 1 stays quiet
+    again = runner.invoke(app, args)  # one process finds every run finished, whichever rank trained it
+    assert "0 run(s) trained, 4 finished earlier and skipped" in again.output
+
+
+def test_balanced_assignment_by_cost():
+    parts = balanced_assignment([10, 1, 1, 1, 9, 2], 2)
+    assert sorted(i for p in parts for i in p) == list(range(6))
+    loads = [sum([10, 1, 1, 1, 9, 2][i] for i in p) for p in parts]
+    assert max(loads) - min(loads) <= 1
+    assert balanced_assignment([5, 5], 3) == [[0], [1], []]
