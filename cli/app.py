@@ -18,14 +18,14 @@ from mtkd_cache import (BuildConfig, CacheFormatError, DatasetSpec, MtkdError, R
                         verify_cache)
 from mtkd_cache.teachers import parse_label_map
 
-from .common import app, split_list, stdout, user_errors
+from .common import app, quiet_console, split_list, stdout, user_errors
 from .progress import ProgressEvents, stderr
 
 @app.command()
 @user_errors
 def build(
     dataset: Annotated[str, typer.Option(help="Hub id, a data file (.csv/.jsonl/.parquet), a directory of split files (train.csv, test.jsonl, …), or a save_to_disk directory.")],
-    teacher: Annotated[list[str], typer.Option(help="NAME=SOURCE: a save_pretrained directory or hub id[@revision]. Repeat for several teachers.")],
+    teacher: Annotated[list[str], typer.Option(help="NAME=SOURCE: a save_pretrained directory or hub id[@revision] (torch backend), or an .onnx file with its tokenizer beside it (onnx backend). Repeat for several teachers.")],
     out: Annotated[Path, typer.Option(help="Cache directory to create or resume.")],
     dataset_config: Annotated[Optional[str], typer.Option(help="Config name of a hub dataset.")] = None,
     text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
@@ -34,12 +34,13 @@ def build(
     label_names: Annotated[Optional[str], typer.Option(help="Comma-separated label names in class-id order, when the data's own are missing or unordered.")] = None,
     splits: Annotated[Optional[str], typer.Option(help="Comma-separated splits to cache; default: every split of the dataset.")] = None,
     label_map: Annotated[Optional[list[str]], typer.Option(help="NAME:TEACHER_LABEL=DATASET_LABEL,… for a teacher whose label names differ from the dataset's.")] = None,
-    backend: Annotated[str, typer.Option(help="Teacher runtime: torch.")] = "torch",
+    backend: Annotated[str, typer.Option(help="Teacher runtime: torch (checkpoint directories) or onnx (.onnx files from `export`, run by onnxruntime).")] = "torch",
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N]. CUDA asked for but missing is an error.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), float32, float16 or bfloat16.")] = "auto",
     max_length: Annotated[int, typer.Option(help="Tokens per text (pair) before truncation; truncations are counted.")] = 128,
-    batch_tokens: Annotated[Optional[int], typer.Option(help="Padded tokens per batch; default 4096 on CPU, 32768 on CUDA.")] = None,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Padded tokens per batch; default 4096 on CPU (2048 with --backend onnx), 32768 on CUDA.")] = None,
     logits_dtype: Annotated[str, typer.Option(help="Stored logit precision: float16 or float32.")] = "float16",
+    tensorrt: Annotated[bool, typer.Option(help="--backend onnx on CUDA: TensorRT's provider first (needs TensorRT; slow first build, engines cached).")] = False,
     shard_rows: Annotated[int, typer.Option(help="Rows per shard; a crash loses at most one shard per teacher.")] = 8192,
 ) -> None:
     """Run every teacher once over the dataset and write (or resume) the teacher-logit cache."""
@@ -56,7 +57,7 @@ def build(
                             splits=split_list(splits), label_names=split_list(label_names)),
         teachers=tuple(teachers), out=out,
         runner=RunnerConfig(backend=backend, device=device, dtype=dtype, max_length=max_length,
-                            batch_tokens=batch_tokens),
+                            batch_tokens=batch_tokens, tensorrt=tensorrt),
         logits_dtype=logits_dtype, shard_rows=shard_rows,
     )
     with ProgressEvents() as events:
@@ -170,11 +171,14 @@ def demo(
 
 
 from . import augment_commands, distill_commands, sharing_commands, sweep_commands  # noqa: E402,F401 - register their commands on `app`
+from . import model_commands  # noqa: E402,F401 - export, predict
 
 
 def main() -> None:
     # The tokenizers thread pool warns (and can deadlock) when a process forks after using it.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if int(os.environ.get("RANK", "0")) > 0:
+        quiet_console()  # under torchrun rank 0 speaks for all; the others only report their own errors
     app(prog_name="mtkd-cache")
 
 

@@ -8,6 +8,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mtkd_cache import MtkdError
 
@@ -29,7 +30,7 @@ def user_errors(command):
             if stderr.quiet:
                 print(f"error (rank {os.environ.get('RANK')}): {error}", file=sys.stderr)
             else:
-                stderr.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+                stderr.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper

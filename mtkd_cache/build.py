@@ -25,28 +25,36 @@ import torch
 from ._faults import fault_point
 from .batching import TokenizedRows, pad_rows, token_budget_batches, tokenize_rows
 from .datasets import DUPLICATE_POLICY, TEXT_POLICY, DatasetSpec, TaskData, load_task_data
-from .devices import dtype_name, resolve_device, resolve_dtype
+from .devices import DTYPES, dtype_name, resolve_device, resolve_dtype
 from .errors import CacheMismatchError, ConfigError, MtkdError, TeacherError
 from .hashing import row_digests
 from .lock import LOCK_NAME, CacheLock
 from .manifest import MANIFEST_NAME, DatasetRecord, Manifest, ShardRecord, SplitRecord, TeacherRecord, load_manifest
 from .shards import (LOGITS_DTYPES, TEMP_PREFIX, cache_write_error, inputs_path, inputs_schema, inputs_table, outputs_path,
                      outputs_schema, outputs_table, parse_shard, read_verified_bytes, shard_is_intact, write_shard)
+from . import distributed
+from .distributed import DistributedContext, balanced_assignment
+from .receipts import RECEIPTS_DIR, adopt_receipts, write_receipt
 from .teachers import ResolvedTeacher, TeacherSpec, TorchTeacher, resolve_teacher, validate_name
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "onnx")
 _MAX_IDS_NAMED = 10
 
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    """How teachers run. `batch_tokens` None picks 4,096 padded tokens per batch on CPU, 32,768 on CUDA."""
+    """How teachers run. `batch_tokens` None picks 4,096 padded tokens per batch on CPU (2,048 for onnx),
+    32,768 on CUDA.
+
+    backend `torch` loads checkpoint directories; `onnx` runs .onnx files with onnxruntime, in the precision
+    they were exported in, on the CUDA provider (TensorRT's first when `tensorrt`) or the CPU one."""
 
     backend: str = "torch"
     device: str = "auto"
     dtype: str = "auto"
     max_length: int = 128
     batch_tokens: int | None = None
+    tensorrt: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,8 +93,7 @@ class BuildReport:
 def build_cache(config: BuildConfig, events: BuildEvents | None = None) -> BuildReport:
     events = events or SilentEvents()
     _validate(config)
-    device = resolve_device(config.runner.device)
-    dtype = resolve_dtype(config.runner.dtype, device)
+    device, dtype = _resolve_runtime(config.runner)
     report = BuildReport(cache_dir=config.out)
 
     started = time.perf_counter()
@@ -94,29 +101,105 @@ def build_cache(config: BuildConfig, events: BuildEvents | None = None) -> Build
     report.stage_seconds["load dataset"] = time.perf_counter() - started
 
     teachers = [resolve_teacher(spec, task.label_names) for spec in config.teachers]
+    for teacher in teachers:
+        _check_backend(teacher, config.runner)
     records = {t.spec.name: _teacher_record(t, config.runner, dtype, device) for t in teachers}
 
+    context = distributed.current()
+    if context.active and device.type == "cuda":
+        device = context.device(config.runner.device)  # one GPU per rank: LOCAL_RANK's
+    if not context.is_main:
+        return _build_as_other_rank(config, task, teachers, records, device, dtype, report, context)
+
     out = config.out
-    _refuse_foreign_directory(out)
-    created = _make_directory(out)
-    with CacheLock(out) as lock:
-        try:
-            if lock.took_over_from:
-                events.note(f"took over a stale lock left by pid {lock.took_over_from.get('pid')}")
-            _remove_temporaries(out)
-            manifest = _open_or_start(out, config, task)
-            _check_identities(manifest, records)
-            with _ShardCommitter(out, manifest) as committer:
-                started = time.perf_counter()
-                _write_inputs(out, task, manifest, committer, report)
-                report.stage_seconds["inputs"] = time.perf_counter() - started
-                _write_outputs(out, task, manifest, committer, teachers, records, config, device, dtype,
-                               events, report)
-        except BaseException:
-            if created and not _holds_teacher_outputs(out):
-                shutil.rmtree(out, ignore_errors=True)  # this build made the directory and nothing of value is in it
-            raise
+    announced = False
+    try:
+        _refuse_foreign_directory(out)
+        created = _make_directory(out)
+        with CacheLock(out) as lock:
+            try:
+                if lock.took_over_from:
+                    events.note(f"took over a stale lock left by pid {lock.took_over_from.get('pid')}")
+                _remove_temporaries(out)
+                manifest = _open_or_start(out, config, task)
+                _check_identities(manifest, records)
+                adopted = adopt_receipts(out, manifest, records)
+                if adopted:
+                    events.note(f"kept {adopted} shard(s) that ranks of an interrupted build had finished")
+                    manifest.save(out)
+                with _ShardCommitter(out, manifest) as committer:
+                    started = time.perf_counter()
+                    _write_inputs(out, task, manifest, committer, report)
+                    committer.wait()
+                    report.stage_seconds["inputs"] = time.perf_counter() - started
+                    announced = True
+                    context.broadcast(None)  # the manifest is committed: the other ranks may start
+                    _write_outputs(out, task, manifest, committer, teachers, records, config, device, dtype,
+                                   events, report, context)
+                if context.active:
+                    _gather_counts(report, context)  # every rank has written its shards and receipts
+                    adopt_receipts(out, manifest, records)
+                    manifest.save(out)
+            except BaseException:
+                if created and not _holds_teacher_outputs(out):
+                    shutil.rmtree(out, ignore_errors=True)  # this build made the directory and nothing of value is in it
+                raise
+    except MtkdError as error:
+        if context.active and not announced:
+            context.broadcast(str(error))  # the other ranks stop instead of waiting for a manifest
+        raise
     return report
+
+
+def _build_as_other_rank(config: BuildConfig, task: TaskData, teachers: list[ResolvedTeacher],
+                         records: dict[str, TeacherRecord], device: torch.device, dtype: torch.dtype | None,
+                         report: BuildReport, context: DistributedContext) -> BuildReport:
+    """A rank > 0: wait for rank 0's manifest, run this rank's shards, leave a receipt for each."""
+    failure = context.broadcast(None)
+    if failure is not None:
+        raise MtkdError(f"rank 0 stopped the build: {failure}")
+    manifest = load_manifest(config.out)
+    with _ReceiptWriter(config.out) as committer:
+        _write_outputs(config.out, task, manifest, committer, teachers, records, config, device, dtype,
+                       SilentEvents(), report, context)
+    _gather_counts(report, context)
+    return report
+
+
+def _gather_counts(report: BuildReport, context: DistributedContext) -> None:
+    """Rank 0's report counts every rank's work; doubles as the barrier before receipts are adopted."""
+    parts = context.all_gather((report.shards_written, report.rows_computed))
+    if context.is_main:
+        report.shards_written = sum(written for written, _ in parts)
+        report.rows_computed = {name: sum(rows.get(name, 0) for _, rows in parts)
+                                for name in dict.fromkeys(n for _, rows in parts for n in rows)}
+
+
+def _resolve_runtime(runner: RunnerConfig) -> tuple[torch.device, torch.dtype | None]:
+    """The device, and the torch dtype (None for onnx: an ONNX file runs in the precision it holds)."""
+    if runner.backend == "torch":
+        device = resolve_device(runner.device)
+        return device, resolve_dtype(runner.dtype, device)
+    from .onnx_runner import resolve_onnx_device
+
+    device = resolve_onnx_device(runner.device)
+    if runner.dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, not '{runner.dtype}'.")
+    if runner.tensorrt and device.type != "cuda":
+        raise ConfigError("--tensorrt needs a CUDA device (--device cuda or auto on a GPU machine with onnxruntime-gpu).")
+    return device, None
+
+
+def _check_backend(teacher: ResolvedTeacher, runner: RunnerConfig) -> None:
+    name, source = teacher.spec.name, teacher.spec.source
+    if runner.backend == "onnx" and teacher.model_file is None:
+        raise ConfigError(f"teacher '{name}': --backend onnx runs .onnx files, and {source} is not one; export it "
+                          f"with `mtkd-cache export {source} --out {name}/model.onnx`.")
+    if runner.backend == "torch" and teacher.model_file is not None:
+        raise ConfigError(f"teacher '{name}': {source} is an ONNX file; build with --backend onnx.")
+    if teacher.file_dtype is not None and runner.dtype not in ("auto", teacher.file_dtype):
+        raise ConfigError(f"teacher '{name}': {source} was exported in {teacher.file_dtype} and the onnx backend runs "
+                          f"it as it is; drop --dtype {runner.dtype} or export the model in that precision.")
 
 
 def _make_directory(out: Path) -> bool:
@@ -146,6 +229,8 @@ def _validate(config: BuildConfig) -> None:
         raise ConfigError(f"teacher name(s) {', '.join(duplicates)} given twice; every --teacher needs its own name.")
     for name in names:
         validate_name(name, "teacher")
+    if config.runner.tensorrt and config.runner.backend != "onnx":
+        raise ConfigError("--tensorrt applies to --backend onnx only.")
     if config.runner.backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not '{config.runner.backend}'.")
     if config.logits_dtype not in LOGITS_DTYPES:
@@ -163,7 +248,7 @@ def _refuse_foreign_directory(out: Path) -> None:
         raise ConfigError(f"--out {out} is a file; give a directory for the cache.")
     if not out.exists() or (out / MANIFEST_NAME).exists():
         return
-    ours = {LOCK_NAME, "inputs", "outputs"}
+    ours = {LOCK_NAME, "inputs", "outputs", RECEIPTS_DIR}
     foreign = [p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(f".{MANIFEST_NAME}")]
     if foreign:
         raise ConfigError(
@@ -242,11 +327,12 @@ def _cached_row_digests(out: Path, manifest: Manifest, split: str) -> list[bytes
     return digests
 
 
-def _teacher_record(teacher: ResolvedTeacher, runner: RunnerConfig, dtype: torch.dtype,
+def _teacher_record(teacher: ResolvedTeacher, runner: RunnerConfig, dtype: torch.dtype | None,
                     device: torch.device) -> TeacherRecord:
     return TeacherRecord(
         name=teacher.spec.name, source=teacher.spec.source, backend=runner.backend, revision=teacher.revision,
-        weights_sha256=teacher.weights_sha256, tokenizer_sha256=teacher.tokenizer_sha256, dtype=dtype_name(dtype),
+        weights_sha256=teacher.weights_sha256, tokenizer_sha256=teacher.tokenizer_sha256,
+        dtype=teacher.file_dtype or dtype_name(dtype),
         max_length=runner.max_length, model_label_names=list(teacher.model_label_names),
         label_mapping=list(teacher.label_mapping), device=device.type,
     )
@@ -264,6 +350,26 @@ def _check_identities(manifest: Manifest, records: dict[str, TeacherRecord]) -> 
                 f"teacher '{name}' is not the one the cache was built with ({listed}); give it a new name to add it "
                 "as another teacher, or build into a new --out."
             )
+
+
+class _ReceiptWriter:
+    """For ranks > 0: the same interface as _ShardCommitter, but each shard is reported by a receipt."""
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = cache_dir
+
+    def submit(self, record: ShardRecord, table: pa.Table, schema: pa.Schema, teacher: TeacherRecord) -> None:
+        record.bytes, record.sha256 = write_shard(self.cache_dir, record.path, table, schema)
+        write_receipt(self.cache_dir, record, teacher)
+
+    def wait(self) -> None:
+        pass
+
+    def __enter__(self) -> "_ReceiptWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
 
 
 class _ShardCommitter:
@@ -334,25 +440,31 @@ def _write_inputs(out: Path, task: TaskData, manifest: Manifest, committer: _Sha
 
 def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: _ShardCommitter,
                    teachers: list[ResolvedTeacher], records: dict[str, TeacherRecord], config: BuildConfig,
-                   device: torch.device, dtype: torch.dtype, events: BuildEvents, report: BuildReport) -> None:
-    batch_tokens = config.runner.batch_tokens or (32768 if device.type == "cuda" else 4096)
+                   device: torch.device, dtype: torch.dtype, events: BuildEvents, report: BuildReport,
+                   context: DistributedContext = DistributedContext()) -> None:
+    batch_tokens = config.runner.batch_tokens or _default_batch_tokens(config.runner.backend, device)
     schema = outputs_schema(len(task.label_names), manifest.logits_dtype)
+    # Planned before any output is written, so every rank plans from the same committed manifest.
+    missing = {t.spec.name: {split: _missing(out, manifest, split, t.spec.name, report) for split in task.splits}
+               for t in teachers}
     groups: dict[str, list[ResolvedTeacher]] = {}
     for teacher in teachers:
         groups.setdefault(teacher.tokenizer_sha256, []).append(teacher)
     for members in groups.values():
         tokenized: dict[str, TokenizedRows] = {}  # one tokenization per split for the whole group
+        shares = _rank_shares(members, missing, task, config, tokenized, context)
         for teacher in members:
             name = teacher.spec.name
-            pending = {split: _missing(out, manifest, split, name, report) for split in task.splits}
-            pending = {split: ranges for split, ranges in pending.items() if ranges}
+            pending = {split: ranges for split, ranges in shares[name].items() if ranges}
             if not pending:
-                events.note(f"teacher '{name}': every shard is already in the cache")
+                if not any(missing[name].values()):
+                    events.note(f"teacher '{name}': every shard is already in the cache")
                 continue
             started = time.perf_counter()
-            runner = TorchTeacher(teacher, device, dtype)
+            runner = _make_runner(teacher, config.runner, device, dtype, batch_tokens)
             record = records[name]
             record.attn_implementation = runner.attn_implementation
+            record.providers = list(getattr(runner, "providers", []))
             for split_name, ranges in pending.items():
                 split = task.splits[split_name]
                 if split_name not in tokenized:
@@ -376,6 +488,50 @@ def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: _Sh
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             report.stage_seconds[f"teacher {name}"] = time.perf_counter() - started
+
+
+def _rank_shares(members: list[ResolvedTeacher], missing: dict[str, dict[str, list[tuple[int, int]]]],
+                 task: TaskData, config: BuildConfig, tokenized: dict[str, TokenizedRows],
+                 context: DistributedContext) -> dict[str, dict[str, list[tuple[int, int]]]]:
+    """This rank's missing shards of a tokenizer group: all of them alone, a token-balanced part under torchrun."""
+    if not context.active:
+        return {t.spec.name: missing[t.spec.name] for t in members}
+    items = [(t.spec.name, split, rows) for t in members for split, ranges in missing[t.spec.name].items()
+             for rows in ranges]
+    for split in dict.fromkeys(split for _, split, _ in items):
+        if split not in tokenized:
+            tokenized[split] = tokenize_rows(_load_tokenizer(members[0]), task.splits[split].texts,
+                                             task.splits[split].text_pairs, config.runner.max_length)
+    costs = [int(tokenized[split].lengths[start:end].sum()) for _, split, (start, end) in items]
+    mine = balanced_assignment(costs, context.world_size)[context.rank]
+    shares: dict[str, dict[str, list[tuple[int, int]]]] = {t.spec.name: {} for t in members}
+    for index in mine:
+        name, split, rows = items[index]
+        shares[name].setdefault(split, []).append(rows)
+    return shares
+
+
+def _load_tokenizer(teacher: ResolvedTeacher):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(teacher.directory)
+
+
+def _default_batch_tokens(backend: str, device: torch.device) -> int:
+    if device.type == "cuda":
+        return 32768
+    # onnxruntime's CPU kernels ran 8-15% faster on 2,048-token batches than on 4,096 (benchmarks/bench_onnx.py).
+    return 2048 if backend == "onnx" else 4096
+
+
+def _make_runner(teacher: ResolvedTeacher, runner: RunnerConfig, device: torch.device, dtype: torch.dtype | None,
+                 batch_tokens: int):
+    if runner.backend == "torch":
+        return TorchTeacher(teacher, device, dtype)
+    from .onnx_runner import OnnxOptions, OnnxTeacher
+
+    options = OnnxOptions(tensorrt=runner.tensorrt, max_rows=min(batch_tokens, 1024), max_length=runner.max_length)
+    return OnnxTeacher(teacher.spec.name, teacher.model_file, device, options)
 
 
 def _run_rows(runner: TorchTeacher, tokens: TokenizedRows, start: int, end: int, batch_tokens: int,

@@ -5,7 +5,8 @@ temporary file, fsynced, renamed over the old one, and the directory fsynced, so
 leaves the previous or the next version, never a torn one.
 
 Format history (readers upgrade older versions in `_upgrade`):
-  1 — first version.
+  1 — first version. Later, within it: a teacher's optional `providers` (the onnx backend's onnxruntime
+      execution providers); written only when non-empty, so torch-backend caches stay readable by 0.1.0.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class TeacherRecord:
     device: str = ""
     attn_implementation: str = ""
     truncated_rows: dict[str, int] = field(default_factory=dict)
+    # Recorded, not compared (like `device`): the same file resumed on another provider is the same teacher.
+    providers: list[str] = field(default_factory=list)
 
     IDENTITY_FIELDS = ("backend", "revision", "weights_sha256", "tokenizer_sha256", "dtype", "max_length",
                        "label_mapping")
@@ -128,7 +131,7 @@ class Manifest:
         # the per-shard commit of large caches (25 of 31 ms at 738 shards).
         document = {**_fields(self), "dataset": _fields(self.dataset),
                     "splits": {name: _fields(split) for name, split in self.splits.items()},
-                    "teachers": {name: _fields(teacher) for name, teacher in self.teachers.items()},
+                    "teachers": {name: teacher_fields(teacher) for name, teacher in self.teachers.items()},
                     "shards": [_fields(record) for record in self.shards]}
         return json.dumps(document, indent=1)
 
@@ -154,6 +157,15 @@ class Manifest:
 
 def _fields(record) -> dict:
     return {field.name: getattr(record, field.name) for field in dataclasses.fields(record)}
+
+
+def teacher_fields(teacher: TeacherRecord) -> dict:
+    # 0.1.0 readers refuse unknown teacher fields; leaving out an empty `providers` keeps torch-backend
+    # caches readable by them (only onnx-backend caches need the newer reader).
+    fields = _fields(teacher)
+    if not fields["providers"]:
+        del fields["providers"]
+    return fields
 
 
 def load_manifest(cache_dir: Path) -> Manifest:
@@ -209,7 +221,7 @@ _SHARD_PATH = re.compile(rf"^(inputs/(?P<split>{_NAME})|outputs/(?P<teacher>{_NA
                          r"/rows-(?P<start>\d{10})-(?P<end>\d{10})\.parquet$")
 
 
-def _checked_shard(record: "ShardRecord") -> "ShardRecord":
+def checked_shard(record: "ShardRecord") -> "ShardRecord":
     _typed(record, _SHARD_TYPES)
     match = _SHARD_PATH.match(record.path)
     if (match is None or ".." in record.path.split("/")
@@ -232,7 +244,7 @@ def _from_dict(raw: dict) -> Manifest:
         shard_rows=int(raw["shard_rows"]),
         logits_dtype=raw["logits_dtype"],
         teachers={name: TeacherRecord(**value) for name, value in raw["teachers"].items()},
-        shards=[_checked_shard(ShardRecord(**value)) for value in raw["shards"]],
+        shards=[checked_shard(ShardRecord(**value)) for value in raw["shards"]],
         format_version=FORMAT_VERSION,
         tool_version=raw["tool_version"],
         created_at=raw["created_at"],

@@ -35,6 +35,8 @@ class BiLSTMConfig:
     layers: int = 1
     dense: int = 256
     dropout: float = 0.1
+    # Output names in class order, so `export` and `predict` can answer in labels; older saves lack them.
+    label_names: tuple[str, ...] = ()
 
 
 class _Output:
@@ -123,7 +125,7 @@ def build_student(spec: str, label_names: tuple[str, ...], tokenizer_source: str
         elif kind == "bilstm":
             options = _options(spec, {"embed": int, "hidden": int, "layers": int, "dense": int, "dropout": float})
             config = BiLSTMConfig(vocab_size=len(tokenizer), num_labels=len(label_names),
-                                  pad_id=tokenizer.pad_token_id or 0, **options)
+                                  pad_id=tokenizer.pad_token_id or 0, label_names=tuple(label_names), **options)
             return BiLSTMClassifier(config), tokenizer, "bilstm"
         else:
             options = _options(spec, {"layers": int, "hidden": int, "heads": int, "intermediate": int})

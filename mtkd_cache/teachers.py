@@ -1,9 +1,10 @@
 """Teachers: where their files are, what they are (identity), how their labels map, how they run.
 
 A teacher is named on the command line as NAME=SOURCE, where SOURCE is a local directory saved with
-`save_pretrained` or a hub id (optionally `id@revision`). Hub ids are resolved to a local snapshot
-first, so everything below works on files: the identity recorded in the manifest is a hash of those
-files, not of a name that can silently change meaning (RELIABILITY.md: torchdistill's counter-example).
+`save_pretrained`, a hub id (optionally `id@revision`), or an .onnx file with its tokenizer beside it
+(the onnx backend). Hub ids are resolved to a local snapshot first, so everything below works on files:
+the identity recorded in the manifest is a hash of those files, not of a name that can silently change
+meaning (RELIABILITY.md: torchdistill's counter-example).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
                     "vocab.json", "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model",
                     "tokenizer.model")
 _GENERIC_LABEL = re.compile(r"^LABEL_(\d+)$")
+ONNX_SUFFIX = ".onnx"
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,13 @@ class ResolvedTeacher:
     tokenizer_sha256: str
     model_label_names: tuple[str, ...]
     label_mapping: tuple[int, ...]  # for dataset class c, the model's output index
+    model_file: Path | None = None  # the .onnx file of an ONNX teacher; None for a checkpoint directory
+    file_dtype: str | None = None  # the precision an ONNX file was exported in (it runs as it is)
 
 
 def resolve_teacher(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> ResolvedTeacher:
+    if spec.source.endswith(ONNX_SUFFIX):
+        return _resolve_onnx(spec, dataset_label_names)
     directory, revision = _local_files(spec)
     config_path = directory / "config.json"
     if not config_path.exists():
@@ -94,6 +100,32 @@ def resolve_teacher(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> 
         tokenizer_sha256=sha256_files(directory, tokenizer_files),
         model_label_names=model_labels,
         label_mapping=map_labels(spec.name, model_labels, dataset_label_names, dict(spec.label_map)),
+    )
+
+
+def _resolve_onnx(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> ResolvedTeacher:
+    from .onnx_runner import onnx_label_names, read_onnx_info
+
+    path = Path(spec.source).expanduser().resolve()
+    info = read_onnx_info(path)
+    directory = path.parent
+    tokenizer_files = [f for f in _TOKENIZER_FILES if (directory / f).exists()]
+    if not tokenizer_files:
+        raise TeacherError(f"teacher '{spec.name}': no tokenizer files beside {path}; `mtkd-cache export` saves them "
+                           "there, or save the model's tokenizer into that directory.")
+    model_labels = onnx_label_names(info)
+    return ResolvedTeacher(
+        spec=spec,
+        directory=directory,
+        revision=None,
+        # The graph and its external weight files are the model; config.json (if any) only names labels,
+        # and those are compared through label_mapping.
+        weights_sha256=sha256_files(directory, [path.name, *info.data_files]),
+        tokenizer_sha256=sha256_files(directory, tokenizer_files),
+        model_label_names=model_labels,
+        label_mapping=map_labels(spec.name, model_labels, dataset_label_names, dict(spec.label_map)),
+        model_file=path,
+        file_dtype=info.dtype,
     )
 
 

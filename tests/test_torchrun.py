@@ -90,3 +90,75 @@ def test_balanced_assignment_by_cost():
     loads = [sum([10, 1, 1, 1, 9, 2][i] for i in p) for p in parts]
     assert max(loads) - min(loads) <= 1
     assert balanced_assignment([5, 5], 3) == [[0], [1], []]
+
+
+# build
+
+
+def build_args(env, out: Path) -> list[str]:
+    return ["build", "--dataset", str(env["assets"]["data"]), "--teacher", f"a={env['assets']['bert']}",
+            "--teacher", f"b={env['assets']['distil']}", "--out", str(out), "--shard-rows", "8"]
+
+
+def _outputs(cache_dir: Path) -> dict:
+    cache = open_cache(cache_dir)
+    return {split: (cache.inputs(split).texts, cache.inputs(split).labels.tolist(),
+                    cache.teacher_outputs(split).logits.view(np.uint16).tolist(), cache.teacher_outputs(split).preds.tolist())
+            for split in cache.split_names}
+
+
+@pytest.fixture(scope="module")
+def one_rank_cache(env):
+    out = env["root"] / "one-rank"
+    assert runner.invoke(app, build_args(env, out)).exit_code == 0
+    return out
+
+
+def test_two_rank_build_is_bit_identical_to_one_rank(env, one_rank_cache, tmp_path):
+    result = torchrun(build_args(env, tmp_path / "two"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _outputs(tmp_path / "two") == _outputs(one_rank_cache)
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert len(manifest["shards"]) == len(json.loads((one_rank_cache / "manifest.json").read_text())["shards"])
+    assert not (tmp_path / "two" / ".receipts").exists()
+    assert f"{len(manifest['shards'])} shard(s) written" in " ".join(result.stderr.split())  # every rank's shards
+
+
+@pytest.mark.fault
+def test_a_killed_rank_then_one_rank_completes_the_cache(env, one_rank_cache, tmp_path):
+    out = tmp_path / "killed"
+    # Rank 1 dies at its 4th teacher batch; torchrun then stops rank 0.
+    killed = torchrun(build_args(env, out), fault="teacher_batch:4", fault_rank=1)
+    assert killed.returncode != 0
+    receipts = list((out / ".receipts").glob("*.json"))
+    assert receipts  # rank 1 finished some shards before it died
+    resumed = runner.invoke(app, build_args(env, out))
+    assert resumed.exit_code == 0, resumed.output
+    assert "kept" in resumed.output and "interrupted build" in resumed.output
+    assert _outputs(out) == _outputs(one_rank_cache)
+    assert runner.invoke(app, ["verify", str(out)]).exit_code == 0
+    assert not (out / ".receipts").exists()
+
+
+def test_receipts_are_adopted_only_when_shard_and_teacher_check_out(env, tmp_path):
+    import dataclasses
+    import shutil
+
+    from mtkd_cache.manifest import load_manifest
+    from mtkd_cache.receipts import RECEIPTS_DIR, adopt_receipts, write_receipt
+
+    cache = tmp_path / "cache"
+    shutil.copytree(env["cache"], cache)
+    manifest = load_manifest(cache)
+    teacher = manifest.teachers["a"]
+    shards = manifest.shards_of("train", "a")
+    # Three receipts for shards the manifest has lost: one good, one whose bytes changed, one of another teacher.
+    manifest.shards = [s for s in manifest.shards if s not in shards[:3]]
+    write_receipt(cache, shards[0], teacher)
+    write_receipt(cache, dataclasses.replace(shards[1], sha256="0" * 64), teacher)
+    write_receipt(cache, shards[2], dataclasses.replace(teacher, weights_sha256="f" * 64))
+    assert adopt_receipts(cache, manifest, {"a": teacher}) == 1
+    assert manifest.shard("train", "a", shards[0].row_start) == shards[0]
+    assert manifest.shard("train", "a", shards[1].row_start) is None
+    assert manifest.shard("train", "a", shards[2].row_start) is None
+    assert not (cache / RECEIPTS_DIR).exists()  # every receipt is consumed, adopted or not

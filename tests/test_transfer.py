@@ -183,3 +183,22 @@ def test_report_ensemble_user_errors(env, tmp_path):
     assert unfinished.exit_code == 2 and "not a finished run" in unfinished.output
     wrong_split = runner.invoke(app, ["report", str(run), str(run), "--ensemble", "--split", "dev"])
     assert wrong_split.exit_code == 2 and "split 'dev' is not in" in wrong_split.output
+
+
+def test_predict_ensemble_votes_over_the_models(env, tmp_path):
+    runs = [distill(config(env, tmp_path / f"p{seed}", seed=seed)).run_dir / "student" for seed in (0, 1, 2)]
+    texts = ["alpha beta gamma", "delta epsilon", "zeta eta theta iota"]
+    args = ["predict", *map(str, runs), *[a for t in texts for a in ("--text", t)], "--ensemble", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["texts"]
+    for row in rows:
+        students = [row["predictions"][name] for name in row["predictions"] if not name.startswith("ensemble")]
+        counts = Counter(p["label"] for p in students)
+        vote = row["predictions"]["ensemble: vote"]
+        assert counts[vote["label"]] == max(counts.values())
+        assert vote["probability"] == pytest.approx(counts[vote["label"]] / 3, abs=1e-6)
+    table = runner.invoke(app, args[:-1])
+    assert table.exit_code == 0 and table.output.splitlines()[0].count("┳") == 6  # text, 3 models, agree, 2 ensembles
+    alone = runner.invoke(app, ["predict", str(runs[0]), "--text", "x", "--ensemble"])
+    assert alone.exit_code == 2 and "at least two models" in alone.output
