@@ -3,7 +3,7 @@
 Data: seeded random-normal float32 logits stored at float16 (real logits compress better). Logical size =
 rows x teachers x classes x 2 bytes; MB = 1e6, GB = 1e9 bytes.
   1. ours write   a real cache, no teachers run, no inputs shards (teacher_outputs never reads them): manifest
-                  records built directly, shards made by `shards.outputs_table`, committed by `build._ShardCommitter`
+                  records built directly, shards made by `shards.outputs_table`, committed by `committer.ShardCommitter`
                   (write_shard + a manifest save per shard, as build_cache) at BuildConfig.shard_rows.
   2. B/logit      teacher shard bytes / (rows x teachers x classes); goal <= 2.1.
   3. ours read    `open_cache(dir).teacher_outputs("train")` + `torch.from_numpy`: first read in a fresh process
@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 import torch
 
 import mtkd_cache.reader as reader
-from mtkd_cache.build import BuildConfig, _ShardCommitter
+from mtkd_cache.build import BuildConfig
+from mtkd_cache.committer import ShardCommitter
 from mtkd_cache.datasets import DUPLICATE_POLICY, TEXT_POLICY
 from mtkd_cache.hashing import sha256_bytes
 from mtkd_cache.manifest import DatasetRecord, Manifest, ShardRecord, SplitRecord, TeacherRecord
@@ -70,7 +71,7 @@ def write_our_cache(out: Path, logits: np.ndarray, shard_rows: int):  # -> secon
                              list(range(classes)), device="cpu") for t in range(teachers)]
     schema, started = outputs_schema(classes, "float16"), time.perf_counter()
     out.mkdir(parents=True)
-    with _ShardCommitter(out, manifest) as committer:
+    with ShardCommitter(out, manifest) as committer:
         for t, start, end, _, table in shards(logits, shard_rows):
             name = records[t].name
             shard = ShardRecord(outputs_path(name, "train", start, end), "train", name, start, end, end - start, 0, "")

@@ -13,13 +13,11 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from ._faults import fault_point
@@ -28,13 +26,15 @@ from .datasets import DUPLICATE_POLICY, TEXT_POLICY, DatasetSpec, TaskData, load
 from .devices import DTYPES, dtype_name, resolve_device, resolve_dtype
 from .errors import CacheMismatchError, ConfigError, MtkdError, TeacherError
 from .hashing import row_digests
-from .lock import LOCK_NAME, CacheLock
+from .lock import CacheLock
 from .manifest import MANIFEST_NAME, DatasetRecord, Manifest, ShardRecord, SplitRecord, TeacherRecord, load_manifest
-from .shards import (LOGITS_DTYPES, TEMP_PREFIX, cache_write_error, inputs_path, inputs_schema, inputs_table, outputs_path,
-                     outputs_schema, outputs_table, parse_shard, read_verified_bytes, shard_is_intact, write_shard)
+from .shards import (LOGITS_DTYPES, inputs_path, inputs_schema, inputs_table, outputs_path,
+                     outputs_schema, outputs_table, parse_shard, read_verified_bytes, shard_is_intact)
 from . import distributed
 from .distributed import DistributedContext, balanced_assignment
-from .receipts import RECEIPTS_DIR, adopt_receipts, write_receipt
+from .committer import (ShardCommitter, holds_teacher_outputs, make_directory, refuse_foreign_directory,
+                        remove_temporaries)
+from .receipts import ReceiptWriter, adopt_receipts
 from .teachers import ResolvedTeacher, TeacherSpec, TorchTeacher, resolve_teacher, validate_name
 
 BACKENDS = ("torch", "onnx")
@@ -114,20 +114,20 @@ def build_cache(config: BuildConfig, events: BuildEvents | None = None) -> Build
     out = config.out
     announced = False
     try:
-        _refuse_foreign_directory(out)
-        created = _make_directory(out)
+        refuse_foreign_directory(out)
+        created = make_directory(out)
         with CacheLock(out) as lock:
             try:
                 if lock.took_over_from:
                     events.note(f"took over a stale lock left by pid {lock.took_over_from.get('pid')}")
-                _remove_temporaries(out)
+                remove_temporaries(out)
                 manifest = _open_or_start(out, config, task)
                 _check_identities(manifest, records)
                 adopted = adopt_receipts(out, manifest, records)
                 if adopted:
                     events.note(f"kept {adopted} shard(s) that ranks of an interrupted build had finished")
                     manifest.save(out)
-                with _ShardCommitter(out, manifest) as committer:
+                with ShardCommitter(out, manifest) as committer:
                     started = time.perf_counter()
                     _write_inputs(out, task, manifest, committer, report)
                     committer.wait()
@@ -141,7 +141,7 @@ def build_cache(config: BuildConfig, events: BuildEvents | None = None) -> Build
                     adopt_receipts(out, manifest, records)
                     manifest.save(out)
             except BaseException:
-                if created and not _holds_teacher_outputs(out):
+                if created and not holds_teacher_outputs(out):
                     shutil.rmtree(out, ignore_errors=True)  # this build made the directory and nothing of value is in it
                 raise
     except MtkdError as error:
@@ -159,7 +159,7 @@ def _build_as_other_rank(config: BuildConfig, task: TaskData, teachers: list[Res
     if failure is not None:
         raise MtkdError(f"rank 0 stopped the build: {failure}")
     manifest = load_manifest(config.out)
-    with _ReceiptWriter(config.out) as committer:
+    with ReceiptWriter(config.out) as committer:
         _write_outputs(config.out, task, manifest, committer, teachers, records, config, device, dtype,
                        SilentEvents(), report, context)
     _gather_counts(report, context)
@@ -202,24 +202,6 @@ def _check_backend(teacher: ResolvedTeacher, runner: RunnerConfig) -> None:
                           f"it as it is; drop --dtype {runner.dtype} or export the model in that precision.")
 
 
-def _make_directory(out: Path) -> bool:
-    """Create `out`; True when this call created it (decided atomically, so a racing build cannot confuse it)."""
-    try:
-        out.mkdir(parents=True)
-    except FileExistsError:
-        return False
-    except OSError as error:
-        raise cache_write_error(out, error) from error
-    return True
-
-
-def _holds_teacher_outputs(out: Path) -> bool:
-    try:
-        return any(record.teacher is not None for record in load_manifest(out).shards)
-    except MtkdError:
-        return False
-
-
 def _validate(config: BuildConfig) -> None:
     if not config.teachers:
         raise ConfigError("give at least one --teacher NAME=SOURCE.")
@@ -241,28 +223,6 @@ def _validate(config: BuildConfig) -> None:
         raise ConfigError(f"--batch-tokens must be positive, not {config.runner.batch_tokens}.")
     if config.shard_rows < 1:
         raise ConfigError(f"--shard-rows must be positive, not {config.shard_rows}.")
-
-
-def _refuse_foreign_directory(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a directory for the cache.")
-    if not out.exists() or (out / MANIFEST_NAME).exists():
-        return
-    ours = {LOCK_NAME, "inputs", "outputs", RECEIPTS_DIR}
-    foreign = [p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(f".{MANIFEST_NAME}")]
-    if foreign:
-        raise ConfigError(
-            f"--out {out} is not empty and holds no cache (found {', '.join(sorted(foreign)[:5])}); choose an empty "
-            "or new directory."
-        )
-
-
-def _remove_temporaries(out: Path) -> None:
-    # Left by a killed build: never listed in the manifest, so no reader ever used them.
-    for path in out.rglob(f"{TEMP_PREFIX}*"):
-        path.unlink(missing_ok=True)
-    for path in out.glob(f".{MANIFEST_NAME}.tmp-*"):
-        path.unlink(missing_ok=True)
 
 
 def _open_or_start(out: Path, config: BuildConfig, task: TaskData) -> Manifest:
@@ -352,65 +312,6 @@ def _check_identities(manifest: Manifest, records: dict[str, TeacherRecord]) -> 
             )
 
 
-class _ReceiptWriter:
-    """For ranks > 0: the same interface as _ShardCommitter, but each shard is reported by a receipt."""
-
-    def __init__(self, cache_dir: Path):
-        self.cache_dir = cache_dir
-
-    def submit(self, record: ShardRecord, table: pa.Table, schema: pa.Schema, teacher: TeacherRecord) -> None:
-        record.bytes, record.sha256 = write_shard(self.cache_dir, record.path, table, schema)
-        write_receipt(self.cache_dir, record, teacher)
-
-    def wait(self) -> None:
-        pass
-
-    def __enter__(self) -> "_ReceiptWriter":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        pass
-
-
-class _ShardCommitter:
-    """Writes shards and commits the manifest on one background thread, at most one commit in flight."""
-
-    def __init__(self, cache_dir: Path, manifest: Manifest):
-        self.cache_dir = cache_dir
-        self.manifest = manifest
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtkd-writer")
-        self._pending: Future | None = None
-
-    def submit(self, record: ShardRecord, table: pa.Table, schema: pa.Schema,
-               teacher: TeacherRecord | None = None) -> None:
-        self.wait()
-        self._pending = self._executor.submit(self._commit, record, table, schema, teacher)
-
-    def _commit(self, record: ShardRecord, table: pa.Table, schema: pa.Schema, teacher: TeacherRecord | None) -> None:
-        record.bytes, record.sha256 = write_shard(self.cache_dir, record.path, table, schema)
-        if teacher is not None:
-            self.manifest.teachers[teacher.name] = teacher
-        self.manifest.put_shard(record)
-        self.manifest.save(self.cache_dir)
-
-    def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def __enter__(self) -> "_ShardCommitter":
-        return self
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        try:
-            if exc_type is None:
-                self.wait()
-            elif self._pending is not None:
-                self._pending.exception()  # let the in-flight commit finish; the original error wins
-        finally:
-            self._executor.shutdown(wait=True)
-
-
 def _row_ranges(rows: int, shard_rows: int) -> list[tuple[int, int]]:
     return [(start, min(start + shard_rows, rows)) for start in range(0, rows, shard_rows)]
 
@@ -426,7 +327,7 @@ def _missing(out: Path, manifest: Manifest, split: str, teacher: str | None, rep
     return missing
 
 
-def _write_inputs(out: Path, task: TaskData, manifest: Manifest, committer: _ShardCommitter,
+def _write_inputs(out: Path, task: TaskData, manifest: Manifest, committer: ShardCommitter,
                   report: BuildReport) -> None:
     for name, split in task.splits.items():
         schema = inputs_schema(split.text_pairs is not None)
@@ -438,7 +339,7 @@ def _write_inputs(out: Path, task: TaskData, manifest: Manifest, committer: _Sha
             report.shards_written += 1
 
 
-def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: _ShardCommitter,
+def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: ShardCommitter,
                    teachers: list[ResolvedTeacher], records: dict[str, TeacherRecord], config: BuildConfig,
                    device: torch.device, dtype: torch.dtype, events: BuildEvents, report: BuildReport,
                    context: DistributedContext = DistributedContext()) -> None:

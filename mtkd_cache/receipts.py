@@ -15,9 +15,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pyarrow as pa
+
 from .errors import CacheIntegrityError
 from .manifest import Manifest, ShardRecord, TeacherRecord, checked_shard, teacher_fields
-from .shards import read_verified_bytes, write_bytes_atomically
+from .shards import read_verified_bytes, write_bytes_atomically, write_shard
 
 RECEIPTS_DIR = ".receipts"
 
@@ -69,3 +71,23 @@ def _merged(cached: TeacherRecord | None, received: TeacherRecord) -> TeacherRec
     if cached is None:
         return received
     return dataclasses.replace(cached, truncated_rows={**cached.truncated_rows, **received.truncated_rows})
+
+
+class ReceiptWriter:
+    """For ranks > 0: the same interface as ShardCommitter, but each shard is reported by a receipt."""
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = cache_dir
+
+    def submit(self, record: ShardRecord, table: pa.Table, schema: pa.Schema, teacher: TeacherRecord) -> None:
+        record.bytes, record.sha256 = write_shard(self.cache_dir, record.path, table, schema)
+        write_receipt(self.cache_dir, record, teacher)
+
+    def wait(self) -> None:
+        pass
+
+    def __enter__(self) -> "ReceiptWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
