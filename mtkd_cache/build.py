@@ -23,7 +23,7 @@ import torch
 from ._faults import fault_point
 from .batching import TokenizedRows, pad_rows, token_budget_batches, tokenize_rows
 from .datasets import DUPLICATE_POLICY, TEXT_POLICY, DatasetSpec, TaskData, load_task_data
-from .devices import DTYPES, dtype_name, resolve_device, resolve_dtype
+from .devices import dtype_name, resolve_runtime
 from .errors import CacheMismatchError, ConfigError, MtkdError, TeacherError
 from .hashing import row_digests
 from .lock import CacheLock
@@ -35,7 +35,7 @@ from .distributed import DistributedContext, balanced_assignment
 from .committer import (ShardCommitter, holds_teacher_outputs, make_directory, refuse_foreign_directory,
                         remove_temporaries)
 from .receipts import ReceiptWriter, adopt_receipts
-from .teachers import ResolvedTeacher, TeacherSpec, TorchTeacher, resolve_teacher, validate_name
+from .teachers import ResolvedTeacher, TeacherSpec, TorchTeacher, check_backend, resolve_teacher, validate_name
 
 BACKENDS = ("torch", "onnx")
 _MAX_IDS_NAMED = 10
@@ -93,7 +93,8 @@ class BuildReport:
 def build_cache(config: BuildConfig, events: BuildEvents | None = None) -> BuildReport:
     events = events or SilentEvents()
     _validate(config)
-    device, dtype = _resolve_runtime(config.runner)
+    runner = config.runner
+    device, dtype = resolve_runtime(runner.backend, runner.device, runner.dtype, runner.tensorrt)
     report = BuildReport(cache_dir=config.out)
 
     started = time.perf_counter()
@@ -102,7 +103,7 @@ def build_cache(config: BuildConfig, events: BuildEvents | None = None) -> Build
 
     teachers = [resolve_teacher(spec, task.label_names) for spec in config.teachers]
     for teacher in teachers:
-        _check_backend(teacher, config.runner)
+        check_backend(teacher, config.runner.backend, config.runner.dtype)
     records = {t.spec.name: _teacher_record(t, config.runner, dtype, device) for t in teachers}
 
     context = distributed.current()
@@ -173,33 +174,6 @@ def _gather_counts(report: BuildReport, context: DistributedContext) -> None:
         report.shards_written = sum(written for written, _ in parts)
         report.rows_computed = {name: sum(rows.get(name, 0) for _, rows in parts)
                                 for name in dict.fromkeys(n for _, rows in parts for n in rows)}
-
-
-def _resolve_runtime(runner: RunnerConfig) -> tuple[torch.device, torch.dtype | None]:
-    """The device, and the torch dtype (None for onnx: an ONNX file runs in the precision it holds)."""
-    if runner.backend == "torch":
-        device = resolve_device(runner.device)
-        return device, resolve_dtype(runner.dtype, device)
-    from .onnx_runner import resolve_onnx_device
-
-    device = resolve_onnx_device(runner.device)
-    if runner.dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, not '{runner.dtype}'.")
-    if runner.tensorrt and device.type != "cuda":
-        raise ConfigError("--tensorrt needs a CUDA device (--device cuda or auto on a GPU machine with onnxruntime-gpu).")
-    return device, None
-
-
-def _check_backend(teacher: ResolvedTeacher, runner: RunnerConfig) -> None:
-    name, source = teacher.spec.name, teacher.spec.source
-    if runner.backend == "onnx" and teacher.model_file is None:
-        raise ConfigError(f"teacher '{name}': --backend onnx runs .onnx files, and {source} is not one; export it "
-                          f"with `mtkd-cache export {source} --out {name}/model.onnx`.")
-    if runner.backend == "torch" and teacher.model_file is not None:
-        raise ConfigError(f"teacher '{name}': {source} is an ONNX file; build with --backend onnx.")
-    if teacher.file_dtype is not None and runner.dtype not in ("auto", teacher.file_dtype):
-        raise ConfigError(f"teacher '{name}': {source} was exported in {teacher.file_dtype} and the onnx backend runs "
-                          f"it as it is; drop --dtype {runner.dtype} or export the model in that precision.")
 
 
 def _validate(config: BuildConfig) -> None:

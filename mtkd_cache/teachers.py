@@ -199,6 +199,19 @@ def map_labels(name: str, model_labels: tuple[str, ...], dataset_labels: tuple[s
     )
 
 
+def check_backend(teacher: ResolvedTeacher, backend: str, dtype: str) -> None:
+    """An .onnx source needs --backend onnx and a checkpoint --backend torch; an ONNX file runs as exported."""
+    name, source = teacher.spec.name, teacher.spec.source
+    if backend == "onnx" and teacher.model_file is None:
+        raise ConfigError(f"teacher '{name}': --backend onnx runs .onnx files, and {source} is not one; export it "
+                          f"with `mtkd-cache export {source} --out {name}/model.onnx`.")
+    if backend == "torch" and teacher.model_file is not None:
+        raise ConfigError(f"teacher '{name}': {source} is an ONNX file; build with --backend onnx.")
+    if teacher.file_dtype is not None and dtype not in ("auto", teacher.file_dtype):
+        raise ConfigError(f"teacher '{name}': {source} was exported in {teacher.file_dtype} and the onnx backend runs "
+                          f"it as it is; drop --dtype {dtype} or export the model in that precision.")
+
+
 class TorchTeacher:
     """A sequence-classification model in inference mode on one device."""
 
