@@ -7,6 +7,7 @@ calls the same code whether it runs alone or as one rank of many.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -76,8 +77,16 @@ def current() -> DistributedContext:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         # Long timeout: a rank may wait at a barrier while another one runs a whole teacher over its shards.
         dist.init_process_group(backend, timeout=datetime.timedelta(hours=6))
+        # Leaving with the group alive lets the interpreter tear down gloo's threads mid-flight, which
+        # aborts the process ("terminate called without an active exception") after its work is done.
+        atexit.register(_leave_process_group)
     return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
                               local_rank=int(os.environ.get("LOCAL_RANK", "0")), backend=dist.get_backend())
+
+
+def _leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def balanced_assignment(costs: list[int], world_size: int) -> list[list[int]]:
