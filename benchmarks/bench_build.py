@@ -86,6 +86,20 @@ def make_teacher(directory: Path, topics: list[str]) -> None:
     AutoTokenizer.from_pretrained(get_model_path()).save_pretrained(directory)
 
 
+def prepare_assets(tmp: Path, rows: int) -> tuple[list[str], list[str]]:
+    """tmp/data/train.csv of `rows` BBC pieces and tmp/teacher (MiniLM + a 5-topic head), transformers quiet."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    texts, labels = make_texts(rows)
+    (tmp / "data").mkdir()
+    with open(tmp / "data" / "train.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("text", "label"), *zip(texts, labels)])
+    make_teacher(tmp / "teacher", sorted(set(labels)))
+    return texts, labels
+
+
 def run_ours(data_dir: Path, teacher_dir: Path, out: Path):
     from mtkd_cache import BuildConfig, DatasetSpec, RunnerConfig, TeacherSpec, build_cache
 
@@ -129,19 +143,12 @@ def main() -> None:
         tmp = Path(tmp)
         os.environ["HF_DATASETS_CACHE"] = str(tmp / "hf-datasets")  # before `datasets` loads: no ~/.cache copy
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
         from mtkd_cache import open_cache
         from mtkd_cache.batching import tokenize_rows
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        texts, labels = make_texts(rows)
+        texts, labels = prepare_assets(tmp, rows)
         topics = sorted(set(labels))
-        (tmp / "data").mkdir()
-        with open(tmp / "data" / "train.csv", "w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows([("text", "label"), *zip(texts, labels)])
-        make_teacher(tmp / "teacher", topics)
         tokenizer = AutoTokenizer.from_pretrained(tmp / "teacher")
         model = AutoModelForSequenceClassification.from_pretrained(
             tmp / "teacher", dtype=torch.float32, attn_implementation="sdpa").eval()

@@ -28,7 +28,6 @@ spell), so compare at --threads 1 there as well.
 """
 
 import argparse
-import csv
 import os
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_build import MAX_LENGTH, make_teacher, make_texts  # noqa: E402
+from bench_build import MAX_LENGTH, prepare_assets  # noqa: E402
 
 LEVER_ROWS = 400
 
@@ -127,7 +126,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mtkd-bench-onnx-") as tmp:
         tmp = Path(tmp)
         os.environ["HF_DATASETS_CACHE"] = str(tmp / "hf-datasets")
-        from transformers.utils import logging as hf_logging
 
         from mtkd_cache import open_cache
         from mtkd_cache.batching import tokenize_rows
@@ -136,14 +134,8 @@ def main() -> None:
         from mtkd_cache.students import build_student
         from mtkd_cache.teachers import TeacherSpec, TorchTeacher, resolve_teacher
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        texts, labels = make_texts(rows)
+        texts, labels = prepare_assets(tmp, rows)
         topics = sorted(set(labels))
-        (tmp / "data").mkdir()
-        with open(tmp / "data" / "train.csv", "w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows([("text", "label"), *zip(texts, labels)])
-        make_teacher(tmp / "teacher", topics)
         import onnxruntime
 
         print(f"{rows} BBC texts; torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_build import make_teacher, make_texts  # noqa: E402  (the build benchmark's data and teacher)
+from bench_build import prepare_assets  # noqa: E402  (the build benchmark's data and teacher)
 
 from mtkd_cache import open_cache  # noqa: E402
 
@@ -69,12 +69,8 @@ def run(work: Path) -> None:
     ranks = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mtkd_cache"]
     os.environ["HF_DATASETS_CACHE"] = str(work / "hf-datasets")
 
-    data = work / "data"
-    data.mkdir()
-    texts, labels = make_texts(args.rows)
-    (data / "train.jsonl").write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in zip(texts, labels)))
-    teacher = work / "teacher"
-    make_teacher(teacher, sorted(set(labels)))
+    prepare_assets(work, args.rows)
+    data, teacher = work / "data", work / "teacher"
     build = ["build", "--dataset", str(data), "--teacher", f"minilm={teacher}", "--max-length", "128",
              "--device", "cpu", "--shard-rows", "128"]
     one = timed([*single, *build, "--out", str(work / "one")], cores)

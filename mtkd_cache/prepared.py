@@ -36,6 +36,7 @@ class PreparedCache:
         self._tables: dict[tuple, ExpertTable] = {}
         self._tokens: dict[tuple, TokenizedRows] = {}
         self._signals: dict[tuple, TeacherSignal] = {}
+        self._last_tokenizer: tuple[object, str] = (None, "")
 
     def inputs(self, split: str) -> SplitInputs:
         if split not in self._inputs:
@@ -80,7 +81,9 @@ class PreparedCache:
         return signal
 
     def tokens(self, tokenizer, max_length: int, split: str) -> TokenizedRows:
-        key = (tokenizer_identity(tokenizer), max_length, split)
+        if self._last_tokenizer[0] is not tokenizer:  # a run asks for several splits with one tokenizer
+            self._last_tokenizer = (tokenizer, tokenizer_identity(tokenizer))
+        key = (self._last_tokenizer[1], max_length, split)
         if key in self._tokens:
             return self._tokens[key]
         name = sha256_bytes(f"{key}{self.cache.manifest.dataset.fingerprint}".encode())[:24]

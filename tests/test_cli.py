@@ -11,19 +11,9 @@ from typer.testing import CliRunner
 
 from cli.app import app
 
-from conftest import make_teacher, write_csv
+from conftest import assert_user_error, make_teacher, write_csv
 
 runner = CliRunner()
-
-
-def _assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[0].startswith("error:"), result.stderr
-    message = " ".join(result.stderr.split())
-    for fragment in fragments:
-        assert fragment in message, message
 
 
 def test_build_info_verify_happy_path(assets, tmp_path):
@@ -76,7 +66,7 @@ def test_build_user_errors(assets, tmp_path, extra, fragments):
     if "--teacher" not in extra:
         args += ["--teacher", f"bert={assets['bert']}"]
     result = runner.invoke(app, args + extra)
-    _assert_user_error(result, *fragments)
+    assert_user_error(result, *fragments)
     assert not (tmp_path / "cache").exists()  # nothing half-written
 
 
@@ -85,22 +75,22 @@ def test_teacher_problems(assets, tmp_path):
     not_a_model.mkdir()
     result = runner.invoke(app, ["build", "--dataset", str(assets["data"]), "--teacher", f"t={not_a_model}",
                                  "--out", str(tmp_path / "c1")])
-    _assert_user_error(result, "has no config.json")
+    assert_user_error(result, "has no config.json")
     result = runner.invoke(app, ["build", "--dataset", str(assets["data"]), "--teacher", f"t={tmp_path / 'missing'}",
                                  "--out", str(tmp_path / "c2")])
-    _assert_user_error(result, "is not a directory")
+    assert_user_error(result, "is not a directory")
     result = runner.invoke(app, ["build", "--dataset", str(assets["data"]), "--teacher", "t=some-org/missing-model",
                                  "--out", str(tmp_path / "c3")])
-    _assert_user_error(result, "cannot get some-org/missing-model from the hub")
+    assert_user_error(result, "cannot get some-org/missing-model from the hub")
     result = runner.invoke(app, ["build", "--dataset", str(assets["data"]), "--teacher", f"a={assets['bert']}",
                                  "--teacher", f"a={assets['distil']}", "--out", str(tmp_path / "c4")])
-    _assert_user_error(result, "given twice")
+    assert_user_error(result, "given twice")
 
 
 def test_label_set_mismatch_names_both_sets_and_label_map_fixes_it(assets, tmp_path):
     teacher = make_teacher(tmp_path / "t", "bert", labels=("POL", "SPO", "TEC"))
     args = ["build", "--dataset", str(assets["data"]), "--teacher", f"t={teacher}", "--out", str(tmp_path / "c")]
-    _assert_user_error(runner.invoke(app, args), "['POL', 'SPO', 'TEC']", "['politics', 'sports', 'tech']", "--label-map")
+    assert_user_error(runner.invoke(app, args), "['POL', 'SPO', 'TEC']", "['politics', 'sports', 'tech']", "--label-map")
     mapped = runner.invoke(app, args + ["--label-map", "t:POL=politics,SPO=sports,TEC=tech"])
     assert mapped.exit_code == 0, mapped.output
 
@@ -110,14 +100,14 @@ def test_out_must_not_be_a_foreign_directory(assets, tmp_path):
     (tmp_path / "home" / "notes.txt").write_text("precious")
     result = runner.invoke(app, ["build", "--dataset", str(assets["data"]), "--teacher", f"bert={assets['bert']}",
                                  "--out", str(tmp_path / "home")])
-    _assert_user_error(result, "is not empty and holds no cache")
+    assert_user_error(result, "is not empty and holds no cache")
     assert (tmp_path / "home" / "notes.txt").read_text() == "precious"
 
 
 def test_info_and_verify_on_a_directory_that_is_not_a_cache(tmp_path):
     for command in ("info", "verify"):
-        _assert_user_error(runner.invoke(app, [command, str(tmp_path)]), "has no manifest.json")
-        _assert_user_error(runner.invoke(app, [command, str(tmp_path / "nope")]), "is not a directory")
+        assert_user_error(runner.invoke(app, [command, str(tmp_path)]), "has no manifest.json")
+        assert_user_error(runner.invoke(app, [command, str(tmp_path / "nope")]), "is not a directory")
 
 
 def test_generic_label_names_are_taken_in_dataset_order(tmp_path, assets):

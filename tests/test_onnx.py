@@ -23,24 +23,13 @@ from mtkd_cache.onnx_runner import open_session
 from mtkd_cache.predict import display_names, load_classifiers, predict
 from mtkd_cache.students import BILSTM_CONFIG, build_student
 
-from conftest import LABELS, make_teacher
+from conftest import assert_user_error, LABELS, make_teacher
 
 TOLERANCE = 1e-4
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TEXTS = ["the vote and the law", "a goal in the match of the season", "the chip", "",
          "the team and the coach " * 40]
-
-
-def _assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[0].startswith("error:"), result.stderr
-    message = " ".join(result.stderr.split())
-    assert message.count(". ") == 0, message  # one sentence
-    for fragment in fragments:
-        assert fragment in message, message
 
 
 def _export(source, out, **options):
@@ -136,7 +125,7 @@ def test_onnx_identity_is_the_file_hash(exported, caches):
 def test_cuda_without_the_provider_is_a_one_line_error(assets, exported, tmp_path):
     result = runner.invoke(app, ["build", "--dataset", str(assets["data"]), "--teacher", f"bert={exported['bert']}",
                                  "--backend", "onnx", "--device", "cuda", "--out", str(tmp_path / "c")])
-    _assert_user_error(result, "--device cuda", "CUDA provider", "onnxruntime-gpu")
+    assert_user_error(result, "--device cuda", "CUDA provider", "onnxruntime-gpu", one_sentence=True)
     assert not (tmp_path / "c").exists()
 
 
@@ -179,7 +168,7 @@ def test_bilstm_saved_without_label_names_needs_them(assets, tmp_path):
     del config["label_names"]  # as saved before the config carried them
     (tmp_path / "old" / BILSTM_CONFIG).write_text(json.dumps(config))
     out = tmp_path / "o" / "model.onnx"
-    _assert_user_error(runner.invoke(app, ["export", str(tmp_path / "old"), "--out", str(out)]), "--label-names")
+    assert_user_error(runner.invoke(app, ["export", str(tmp_path / "old"), "--out", str(out)]), "--label-names", one_sentence=True)
     result = runner.invoke(app, ["export", str(tmp_path / "old"), "--out", str(out), "--label-names", "a,b,c"])
     assert result.exit_code == 0, result.output
     assert "OK" in result.stdout and "labels: a, b, c" in result.stdout
@@ -256,8 +245,8 @@ def test_bad_onnx_files_are_one_line_errors(assets, exported, tmp_path, damage):
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"\x08\xff\xff" + bytes(range(256)) * 4)
         fragments = ["ONNX"]
-    _assert_user_error(_predict_error(path), *fragments)
-    _assert_user_error(_build_error(assets, path, tmp_path), *fragments)
+    assert_user_error(_predict_error(path), *fragments, one_sentence=True)
+    assert_user_error(_build_error(assets, path, tmp_path), *fragments, one_sentence=True)
     assert not (tmp_path / "c").exists()
 
 
@@ -277,21 +266,21 @@ def test_export_of_something_that_is_no_model(tmp_path, source, fragments):
     if source == "empty":
         directory.mkdir()
         (directory / "notes.txt").write_text("hello")
-    _assert_user_error(runner.invoke(app, ["export", str(directory), "--out", str(tmp_path / "m.onnx")]), *fragments)
-    _assert_user_error(runner.invoke(app, ["predict", str(directory), "--text", "a"]), *fragments)
+    assert_user_error(runner.invoke(app, ["export", str(directory), "--out", str(tmp_path / "m.onnx")]), *fragments, one_sentence=True)
+    assert_user_error(runner.invoke(app, ["predict", str(directory), "--text", "a"]), *fragments, one_sentence=True)
 
 
 def test_backend_and_source_must_agree(assets, exported, tmp_path):
-    _assert_user_error(_build_error(assets, assets["bert"], tmp_path, backend="onnx"), "runs .onnx files",
-                       "mtkd-cache export")
-    _assert_user_error(_build_error(assets, exported["bert"], tmp_path, backend="torch"), "--backend onnx")
+    assert_user_error(_build_error(assets, assets["bert"], tmp_path, backend="onnx"), "runs .onnx files",
+                      "mtkd-cache export", one_sentence=True)
+    assert_user_error(_build_error(assets, exported["bert"], tmp_path, backend="torch"), "--backend onnx", one_sentence=True)
     result = runner.invoke(app, ["build", "--dataset", str(assets["data"]), "--teacher", f"bert={exported['bert']}",
                                  "--backend", "onnx", "--dtype", "bfloat16", "--out", str(tmp_path / "c")])
-    _assert_user_error(result, "exported in float32")
+    assert_user_error(result, "exported in float32", one_sentence=True)
 
 
 def test_predict_needs_texts(assets):
-    _assert_user_error(runner.invoke(app, ["predict", str(assets["bert"])]), "--text")
+    assert_user_error(runner.invoke(app, ["predict", str(assets["bert"])]), "--text", one_sentence=True)
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ from cli.app import app
 from mtkd_cache import BuildConfig, DatasetSpec, TeacherSpec, build_cache, open_cache
 from mtkd_cache.distributed import balanced_assignment
 
-from conftest import make_teacher
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 runner = CliRunner()
