@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test lint clean
 
 $(BIN)/mtkd-cache: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The style (ruff) and the layering contract (import-linter, pyproject.toml [tool.importlinter]).
+lint: setup
+	$(BIN)/ruff check mtkd_cache cli tests benchmarks data
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) demo-out

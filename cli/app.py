@@ -9,17 +9,27 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from mtkd_cache import (BuildConfig, CacheFormatError, DatasetSpec, MtkdError, RunnerConfig, TeacherSpec, build_cache, summarize,
-                        verify_cache)
-from mtkd_cache.teachers import parse_label_map
+from mtkd_cache import (
+    BuildConfig,
+    CacheFormatError,
+    DatasetSpec,
+    MtkdError,
+    RunnerConfig,
+    TeacherSpec,
+    build_cache,
+    summarize,
+    verify_cache,
+)
+from mtkd_cache.runners.teachers import parse_label_map
 
 from .common import app, quiet_console, split_list, stdout, user_errors
 from .progress import ProgressEvents, stderr
+
 
 @app.command()
 @user_errors
@@ -27,18 +37,18 @@ def build(
     dataset: Annotated[str, typer.Option(help="Hub id, a data file (.csv/.jsonl/.parquet), a directory of split files (train.csv, test.jsonl, …), or a save_to_disk directory.")],
     teacher: Annotated[list[str], typer.Option(help="NAME=SOURCE: a save_pretrained directory or hub id[@revision] (torch backend), or an .onnx file with its tokenizer beside it (onnx backend). Repeat for several teachers.")],
     out: Annotated[Path, typer.Option(help="Cache directory to create or resume.")],
-    dataset_config: Annotated[Optional[str], typer.Option(help="Config name of a hub dataset.")] = None,
+    dataset_config: Annotated[str | None, typer.Option(help="Config name of a hub dataset.")] = None,
     text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
-    text_pair_column: Annotated[Optional[str], typer.Option(help="Column holding the second text of sentence-pair tasks (NLI).")] = None,
+    text_pair_column: Annotated[str | None, typer.Option(help="Column holding the second text of sentence-pair tasks (NLI).")] = None,
     label_column: Annotated[str, typer.Option(help="Column holding the label (ClassLabel ids or strings); a split without it is cached unlabeled.")] = "label",
-    label_names: Annotated[Optional[str], typer.Option(help="Comma-separated label names in class-id order, when the data's own are missing or unordered.")] = None,
-    splits: Annotated[Optional[str], typer.Option(help="Comma-separated splits to cache; default: every split of the dataset.")] = None,
-    label_map: Annotated[Optional[list[str]], typer.Option(help="NAME:TEACHER_LABEL=DATASET_LABEL,… for a teacher whose label names differ from the dataset's.")] = None,
+    label_names: Annotated[str | None, typer.Option(help="Comma-separated label names in class-id order, when the data's own are missing or unordered.")] = None,
+    splits: Annotated[str | None, typer.Option(help="Comma-separated splits to cache; default: every split of the dataset.")] = None,
+    label_map: Annotated[list[str] | None, typer.Option(help="NAME:TEACHER_LABEL=DATASET_LABEL,… for a teacher whose label names differ from the dataset's.")] = None,
     backend: Annotated[str, typer.Option(help="Teacher runtime: torch (checkpoint directories) or onnx (.onnx files from `export`, run by onnxruntime).")] = "torch",
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N]. CUDA asked for but missing is an error.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), float32, float16 or bfloat16.")] = "auto",
     max_length: Annotated[int, typer.Option(help="Tokens per text (pair) before truncation; truncations are counted.")] = 128,
-    batch_tokens: Annotated[Optional[int], typer.Option(help="Padded tokens per batch; default 4096 on CPU (2048 with --backend onnx), 32768 on CUDA.")] = None,
+    batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per batch; default 4096 on CPU (2048 with --backend onnx), 32768 on CUDA.")] = None,
     logits_dtype: Annotated[str, typer.Option(help="Stored logit precision: float16 or float32.")] = "float16",
     tensorrt: Annotated[bool, typer.Option(help="--backend onnx on CUDA: TensorRT's provider first (needs TensorRT; slow first build, engines cached).")] = False,
     shard_rows: Annotated[int, typer.Option(help="Rows per shard; a crash loses at most one shard per teacher.")] = 8192,
@@ -105,8 +115,8 @@ def info(
 def _summary(cache: str):
     if "://" not in cache:
         return summarize(Path(cache))
-    from mtkd_cache.sharing import read_remote_manifest
-    from mtkd_cache.verify import summarize_manifest
+    from mtkd_cache.cache.sharing import read_remote_manifest
+    from mtkd_cache.cache.verify import summarize_manifest
 
     manifest = read_remote_manifest(cache)
     if manifest is None:
@@ -137,10 +147,10 @@ def verify(cache: Annotated[Path, typer.Argument(help="Cache directory.")]) -> N
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory for the prepared data, teachers, cache and runs.")] = Path("demo-out"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    per_class: Annotated[Optional[int], typer.Option(help="Use at most this many articles per topic (a quick run).")] = None,
+    per_class: Annotated[int | None, typer.Option(help="Use at most this many articles per topic (a quick run).")] = None,
 ) -> None:
     """The whole product on real BBC News text with MiniLM teachers, offline; a second run reuses everything."""
-    from mtkd_cache.demo import run_demo
+    from mtkd_cache.demo.pipeline import run_demo
 
     started = time.perf_counter()
     with ProgressEvents() as events:
@@ -170,8 +180,13 @@ def demo(
     stdout.print(f"wrote {out / 'report.md'} and {out / 'report.png'}")
 
 
-from . import augment_commands, distill_commands, sharing_commands, sweep_commands  # noqa: E402,F401 - register their commands on `app`
-from . import model_commands  # noqa: E402,F401 - export, predict
+from . import (  # noqa: E402,F401 - register their commands on `app`
+    augment_commands,
+    distill_commands,
+    model_commands,  # noqa: E402,F401 - export, predict
+    sharing_commands,
+    sweep_commands,
+)
 
 
 def main() -> None:

@@ -5,13 +5,23 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from mtkd_cache import ConfigError, DatasetSpec
-from mtkd_cache.augment import (DEFAULT_MLM_P, DEFAULT_OPS, OPERATIONS, AugmentConfig, augment_split, check_output,
-                                load_masked_lm, load_source, parse_ops, write_split)
+from mtkd_cache.data.augment import (
+    DEFAULT_MLM_P,
+    DEFAULT_OPS,
+    OPERATIONS,
+    AugmentConfig,
+    augment_split,
+    check_output,
+    load_masked_lm,
+    load_source,
+    parse_ops,
+    write_split,
+)
 
 from .common import app, split_list, stdout, user_errors
 from .progress import ProgressEvents
@@ -23,24 +33,24 @@ _DEFAULT_OPS = ",".join(f"{name}={p:g}" for name, p in DEFAULT_OPS)
 @user_errors
 def augment(
     out: Annotated[Path, typer.Option(help="Split file to write (.csv, .tsv, .json, .jsonl, .parquet), e.g. DATA_DIR/transfer.csv next to the other split files, in their format.")],
-    dataset: Annotated[Optional[str], typer.Argument(help="Dataset as in `build --dataset`: hub id, data file, directory of split files, or save_to_disk directory.", show_default=False)] = None,
-    dataset_option: Annotated[Optional[str], typer.Option("--dataset", help="The dataset, as an option (same as the argument).", show_default=False)] = None,
+    dataset: Annotated[str | None, typer.Argument(help="Dataset as in `build --dataset`: hub id, data file, directory of split files, or save_to_disk directory.", show_default=False)] = None,
+    dataset_option: Annotated[str | None, typer.Option("--dataset", help="The dataset, as an option (same as the argument).", show_default=False)] = None,
     split: Annotated[str, typer.Option(help="Split to augment.")] = "train",
-    ops: Annotated[Optional[str], typer.Option(help=f"OPERATION=P,… one augmented row per operation and copy; operations: {', '.join(OPERATIONS)}. Default {_DEFAULT_OPS}, plus mlm={DEFAULT_MLM_P:g} with --mlm.", show_default=False)] = None,
+    ops: Annotated[str | None, typer.Option(help=f"OPERATION=P,… one augmented row per operation and copy; operations: {', '.join(OPERATIONS)}. Default {_DEFAULT_OPS}, plus mlm={DEFAULT_MLM_P:g} with --mlm.", show_default=False)] = None,
     copies: Annotated[int, typer.Option(help="Augmented rows per source row and operation.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed; the same seed and inputs give the same file.")] = 0,
-    mlm: Annotated[Optional[Path], typer.Option(help="Local masked-LM checkpoint (save_pretrained directory) for the mlm operation.", show_default=False)] = None,
+    mlm: Annotated[Path | None, typer.Option(help="Local masked-LM checkpoint (save_pretrained directory) for the mlm operation.", show_default=False)] = None,
     placeholder: Annotated[str, typer.Option(help="Token the mask operation writes in place of a word.")] = "[MASK]",
-    vocabulary: Annotated[Optional[Path], typer.Option(help="Text file, one word per line, that replace draws from; default: the split's own words.", show_default=False)] = None,
+    vocabulary: Annotated[Path | None, typer.Option(help="Text file, one word per line, that replace draws from; default: the split's own words.", show_default=False)] = None,
     top_k: Annotated[int, typer.Option(help="mlm: sample each filled word among this many predictions.")] = 15,
     max_length: Annotated[int, typer.Option(help="mlm: tokens read per text; masks past it keep their word.")] = 128,
     batch_size: Annotated[int, typer.Option(help="mlm: texts per forward pass.")] = 16,
     device: Annotated[str, typer.Option(help="mlm: auto, cpu or cuda[:N]. The same file again on CPU; GPU kernels may differ in the last bit.")] = "auto",
     text_column: Annotated[str, typer.Option(help="Column holding the text (the output's text column has this name too).")] = "text",
-    text_pair_column: Annotated[Optional[str], typer.Option(help="Column holding the second text of sentence-pair tasks; both texts are augmented.", show_default=False)] = None,
+    text_pair_column: Annotated[str | None, typer.Option(help="Column holding the second text of sentence-pair tasks; both texts are augmented.", show_default=False)] = None,
     label_column: Annotated[str, typer.Option(help="Column holding the label; the output has none (the teachers label it at build).")] = "label",
-    label_names: Annotated[Optional[str], typer.Option(help="Comma-separated label names, as for build, when the data's own are missing.", show_default=False)] = None,
-    dataset_config: Annotated[Optional[str], typer.Option(help="Config name of a hub dataset.", show_default=False)] = None,
+    label_names: Annotated[str | None, typer.Option(help="Comma-separated label names, as for build, when the data's own are missing.", show_default=False)] = None,
+    dataset_config: Annotated[str | None, typer.Option(help="Config name of a hub dataset.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Write an unlabeled transfer split of augmented copies of a split's texts; `build` reads it like any split."""

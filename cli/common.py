@@ -7,16 +7,15 @@ import os
 import sys
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from mtkd_cache import MtkdError
 
-from .progress import stderr
+from .progress import ResultConsole, stderr
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multi-teacher knowledge distillation from an offline teacher-logit cache.")
-stdout = Console()
+stdout = ResultConsole()
 
 
 def user_errors(command):

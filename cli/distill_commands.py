@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from mtkd_cache import DatasetSpec, open_cache
-from mtkd_cache.distill import (DistillConfig, FinetuneConfig, TransferStage, distill as run_distill, expert_table_for,
-                                finetune as run_finetune, select_teachers, write_selection)
-from mtkd_cache.ensemble import evaluate_ensemble
-from mtkd_cache.evaluation import load_run_reports, plot_run_comparison
-from mtkd_cache.experts import parse_teacher_subset
-from mtkd_cache.strategies import STRATEGIES, StrategyConfig
-from mtkd_cache.training import TrainConfig
+from mtkd_cache.distill.experts import parse_teacher_subset
+from mtkd_cache.distill.runs import (
+    DistillConfig,
+    FinetuneConfig,
+    TransferStage,
+    expert_table_for,
+    select_teachers,
+    write_selection,
+)
+from mtkd_cache.distill.runs import distill as run_distill
+from mtkd_cache.distill.runs import finetune as run_finetune
+from mtkd_cache.distill.strategies import STRATEGIES, StrategyConfig
+from mtkd_cache.distill.training import TrainConfig
+from mtkd_cache.report.evaluation import load_run_reports, plot_run_comparison
+from mtkd_cache.serve.ensemble import evaluate_ensemble
 
 from .common import app, split_list, stdout, user_errors
 from .progress import ProgressEvents, stderr
@@ -29,7 +37,7 @@ STRATEGY_HELP = f"One of {', '.join(STRATEGIES)}."
 def experts(
     cache: Annotated[Path, typer.Argument(help="Cache directory.")],
     split: Annotated[str, typer.Option(help="Split whose labels pick the experts (the thesis used test; validation avoids a leak).")] = "test",
-    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated teacher subset; default every teacher.")] = None,
+    teachers: Annotated[str | None, typer.Option(help="Comma-separated teacher subset; default every teacher.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Per-class accuracy of every teacher, the expert of each class and the fallback teacher M."""
@@ -57,7 +65,7 @@ def select_command(
     strategy: Annotated[str, typer.Option(help=STRATEGY_HELP)],
     out: Annotated[Path, typer.Option(help="Parquet file to write (sample_id, weights).")],
     split: Annotated[str, typer.Option(help="Split to select on.")] = "train",
-    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated teacher subset.")] = None,
+    teachers: Annotated[str | None, typer.Option(help="Comma-separated teacher subset.")] = None,
     expert_split: Annotated[str, typer.Option(help="Split the expert table comes from.")] = "test",
     seed: Annotated[int, typer.Option(help="Seed of random/noisy draws.")] = 0,
     noise_std: Annotated[float, typer.Option(help="noisy: sigma of the logit noise.")] = 1.0,
@@ -99,25 +107,25 @@ def distill_command(
     alpha: Annotated[float, typer.Option(help="Weight of the cross-entropy term; 1 - alpha weighs the KD term.")] = 0.5,
     temperature: Annotated[float, typer.Option(help="Softmax temperature T of the KD term (scaled by T²).")] = 2.0,
     epochs: Annotated[int, typer.Option(help="Training epochs, warm-up epochs included.")] = 3,
-    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated teacher subset.")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer for students built from scratch.")] = None,
+    teachers: Annotated[str | None, typer.Option(help="Comma-separated teacher subset.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer for students built from scratch.")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per optimizer step.")] = 8,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-5,
     max_length: Annotated[int, typer.Option(help="Student tokens per text.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed: on CPU a run is reproducible bit for bit.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better selection score.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without a better selection score.")] = None,
     warmup_epochs: Annotated[int, typer.Option(help="Plain fine-tuning epochs before distillation.")] = 0,
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
     eval_split: Annotated[str, typer.Option(help="Split the report evaluates on.")] = "test",
-    selection_split: Annotated[Optional[str], typer.Option(help="Split that picks the best epoch; default validation.")] = None,
+    selection_split: Annotated[str | None, typer.Option(help="Split that picks the best epoch; default validation.")] = None,
     expert_split: Annotated[str, typer.Option(help="Split the expert table comes from.")] = "test",
     noise_std: Annotated[float, typer.Option(help="noisy: sigma of the logit noise.")] = 1.0,
     gamma: Annotated[float, typer.Option(help="expert-soft: sharpening exponent.")] = 2.0,
-    stage1_split: Annotated[Optional[str], typer.Option(help="Two-stage schedule (TMKD): distil on this split "
+    stage1_split: Annotated[str | None, typer.Option(help="Two-stage schedule (TMKD): distil on this split "
                                                         "first (e.g. an unlabeled transfer split: KD term only).")] = None,
     stage1_epochs: Annotated[int, typer.Option(help="Epochs of stage 1.")] = 1,
-    stage1_strategy: Annotated[Optional[str], typer.Option(help="Strategy of stage 1; default --strategy.")] = None,
+    stage1_strategy: Annotated[str | None, typer.Option(help="Strategy of stage 1; default --strategy.")] = None,
 ) -> None:
     """Train a student from the cache alone with a selection strategy; write the student and the report."""
     stage1 = TransferStage(stage1_split, stage1_epochs, stage1_strategy) if stage1_split else None
@@ -138,17 +146,17 @@ def finetune_command(
     model: Annotated[str, typer.Option(help="Model to fine-tune: a checkpoint directory or hub id, or a student spec.")],
     out: Annotated[Path, typer.Option(help="Run directory; the fine-tuned model lands in OUT/student.")],
     text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
-    text_pair_column: Annotated[Optional[str], typer.Option(help="Second text column (sentence pairs).")] = None,
+    text_pair_column: Annotated[str | None, typer.Option(help="Second text column (sentence pairs).")] = None,
     label_column: Annotated[str, typer.Option(help="Column holding the label.")] = "label",
-    label_names: Annotated[Optional[str], typer.Option(help="Comma-separated label names in class-id order.")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer for models built from scratch.")] = None,
+    label_names: Annotated[str | None, typer.Option(help="Comma-separated label names in class-id order.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer for models built from scratch.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs (the source study used 3).")] = 3,
     batch_size: Annotated[int, typer.Option(help="Rows per step (the source study used 8).")] = 8,
     lr: Annotated[float, typer.Option(help="AdamW learning rate (the source study used 5e-5).")] = 5e-5,
     max_length: Annotated[int, typer.Option(help="Tokens per text.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience in epochs.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")] = None,
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
     eval_split: Annotated[str, typer.Option(help="Split to report on.")] = "test",
 ) -> None:
@@ -167,11 +175,11 @@ def finetune_command(
 @user_errors
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run directories written by distill or finetune.")],
-    out: Annotated[Optional[Path], typer.Option(help="Directory for comparison.md and comparison.png.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Directory for comparison.md and comparison.png.")] = None,
     ensemble: Annotated[bool, typer.Option(help="Also score a majority-vote and a mean-probability ensemble of the "
                                                 "runs' students (distill runs of one cache).")] = False,
-    split: Annotated[Optional[str], typer.Option(help="--ensemble: split to score on; default the runs' eval split.")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="--ensemble: cache to score on; default the first run's.")] = None,
+    split: Annotated[str | None, typer.Option(help="--ensemble: split to score on; default the runs' eval split.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="--ensemble: cache to score on; default the first run's.")] = None,
     device: Annotated[str, typer.Option(help="--ensemble: auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Compare runs side by side: accuracy, macro-F1, MCC, median per-class difference to each teacher."""

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from mtkd_cache import ConfigError
-from mtkd_cache.onnx_export import ExportConfig, export_model
-from mtkd_cache.predict import Prediction, class_probabilities, ensemble_predictions, load_classifiers
+from mtkd_cache.serve.export import ExportConfig, export_model
+from mtkd_cache.serve.predict import Prediction, class_probabilities, ensemble_predictions, load_classifiers
 
 from .common import app, split_list, stdout, user_errors
 from .progress import stderr
@@ -24,7 +24,7 @@ def export(
     out: Annotated[Path, typer.Option(help="The .onnx file to write; the tokenizer is saved beside it, so give each model its own directory.")],
     max_length: Annotated[int, typer.Option(help="Truncation of the parity-check texts (the graph takes any length).")] = 128,
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
-    label_names: Annotated[Optional[str], typer.Option(help="Comma-separated label names in class order, for a BiLSTM saved without them.")] = None,
+    label_names: Annotated[str | None, typer.Option(help="Comma-separated label names in class order, for a BiLSTM saved without them.")] = None,
     dynamo: Annotated[bool, typer.Option(help="Use torch's dynamo exporter (needs onnxscript) instead of the TorchScript one.")] = False,
     tolerance: Annotated[float, typer.Option(help="Largest |torch - onnxruntime| logit difference the parity check accepts.")] = 1e-4,
 ) -> None:
@@ -47,10 +47,10 @@ def export(
 @user_errors
 def predict(
     models: Annotated[list[Path], typer.Argument(help="Models to compare: save_pretrained directories, RUN/student directories, .onnx files.")],
-    text: Annotated[Optional[list[str]], typer.Option(help="A text to classify; repeat for several.")] = None,
-    file: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="A file of texts, one per line (blank lines skipped).")] = None,
+    text: Annotated[list[str] | None, typer.Option(help="A text to classify; repeat for several.")] = None,
+    file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="A file of texts, one per line (blank lines skipped).")] = None,
     max_length: Annotated[int, typer.Option(help="Tokens per text before truncation.")] = 128,
-    label_names: Annotated[Optional[str], typer.Option(help="Comma-separated label names, for a BiLSTM saved without them.")] = None,
+    label_names: Annotated[str | None, typer.Option(help="Comma-separated label names, for a BiLSTM saved without them.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     ensemble: Annotated[bool, typer.Option(help="Add a majority-vote and a mean-probability ensemble of the models.")] = False,
 ) -> None:

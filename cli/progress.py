@@ -1,12 +1,45 @@
-"""Rich progress bars behind the library's BuildEvents hooks (rows/s and ETA per teacher and split)."""
+"""Rich progress bars behind the library's ProgressEvents hooks (rows/s and ETA per teacher and split)."""
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
+from rich.console import Console, ConsoleDimensions
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
-stderr = Console(stderr=True)
+# Wide enough that no result line is ever re-wrapped, short of a line no program would read anyway.
+UNWRAPPED_WIDTH = 10_000
+
+
+class ResultConsole(Console):
+    """A console that wraps for a person at a terminal and never for a program reading a pipe or a file.
+
+    rich wraps to 80 columns (or $COLUMNS) when the output is not a terminal, which splits result lines
+    such as "C: 24 shards" after a long path; scripts and tests read those lines, so outside a terminal
+    the width is unbounded and text is soft-wrapped (never cut by inserted newlines)."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(soft_wrap=True, **options)
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        measured = super().size
+        return measured if self.is_terminal else ConsoleDimensions(UNWRAPPED_WIDTH, measured.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
+stderr = ResultConsole(stderr=True)
 
 
 class ProgressEvents:
@@ -19,7 +52,7 @@ class ProgressEvents:
         )
         self._task: TaskID | None = None
 
-    def __enter__(self) -> "ProgressEvents":
+    def __enter__(self) -> ProgressEvents:
         self._progress.start()
         return self
 

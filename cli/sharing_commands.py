@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from mtkd_cache import ConfigError
-from mtkd_cache.sharing import TransferReport, merge as merge_caches, pull as pull_cache, push as push_cache
+from mtkd_cache.cache.sharing import TransferReport
+from mtkd_cache.cache.sharing import merge as merge_caches
+from mtkd_cache.cache.sharing import pull as pull_cache
+from mtkd_cache.cache.sharing import push as push_cache
 
 from .common import app, split_list, stdout, user_errors
 from .progress import byte_progress
@@ -52,7 +55,7 @@ def push(
 def pull(
     url: Annotated[str, typer.Argument(help="Source: a path or fsspec URL a cache was pushed to.")],
     cache: Annotated[Path, typer.Argument(help="Local cache directory to create or complete.")],
-    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated teachers to fetch; default all.")] = None,
+    teachers: Annotated[str | None, typer.Option(help="Comma-separated teachers to fetch; default all.")] = None,
 ) -> None:
     """Fetch the shards the local cache lacks (inputs and the chosen teachers), verifying every one."""
     _print(_transfer(f"pull ← {url}", lambda events: pull_cache(url, cache, split_list(teachers), events)), "pulled")
@@ -63,7 +66,7 @@ def pull(
 def merge(
     caches: Annotated[list[Path], typer.Argument(help="Caches of the same dataset (e.g. one teacher each).")],
     out: Annotated[Path, typer.Option(help="New cache directory to write.")],
-    rename: Annotated[Optional[list[str]], typer.Option(help="N:OLD=NEW renames teacher OLD of the N-th cache (1-based) to NEW.")] = None,
+    rename: Annotated[list[str] | None, typer.Option(help="N:OLD=NEW renames teacher OLD of the N-th cache (1-based) to NEW.")] = None,
 ) -> None:
     """Join caches built separately on the same dataset fingerprint and labels into one."""
     renames: dict[int, dict[str, str]] = {}

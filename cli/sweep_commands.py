@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mtkd_cache import distributed
-from mtkd_cache.leaderboard import robustness_over_subsets, write_leaderboard
-from mtkd_cache.sweep import RunRow, SweepEvents, load_sweep_file, run_sweep, sweep_config_from_options
+from mtkd_cache.distill.sweep import SweepEvents, load_sweep_file, run_sweep, sweep_config_from_options
+from mtkd_cache.report.leaderboard import RunRow, robustness_over_subsets, write_leaderboard
 
 from .common import app, stdout, user_errors
 from .progress import stderr
@@ -50,35 +50,35 @@ class _SweepProgress(SweepEvents):
 @app.command()
 @user_errors
 def sweep(
-    cache: Annotated[Optional[Path], typer.Argument(help="Cache directory (or `cache` in the sweep file).")] = None,
-    student: Annotated[Optional[str], typer.Option(help="Student, as for distill.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Sweep directory: runs/, leaderboard.*, robustness.*.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML file with any of these options (flag names, "
+    cache: Annotated[Path | None, typer.Argument(help="Cache directory (or `cache` in the sweep file).")] = None,
+    student: Annotated[str | None, typer.Option(help="Student, as for distill.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Sweep directory: runs/, leaderboard.*, robustness.*.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML or YAML file with any of these options (flag names, "
                                                         "lists for the grid); flags given here override it.")] = None,
-    strategy: Annotated[Optional[list[str]], typer.Option(help="Strategy; repeat for several. [default: expert]")] = None,
-    alpha: Annotated[Optional[list[float]], typer.Option(help="α; repeat for several. [default: 0.5]")] = None,
-    temperature: Annotated[Optional[list[float]], typer.Option(help="T; repeat for several. [default: 2]")] = None,
-    seed: Annotated[Optional[list[int]], typer.Option(help="Seed; repeat for several. [default: 0]")] = None,
-    teacher_subsets: Annotated[Optional[list[int]], typer.Option(
+    strategy: Annotated[list[str] | None, typer.Option(help="Strategy; repeat for several. [default: expert]")] = None,
+    alpha: Annotated[list[float] | None, typer.Option(help="α; repeat for several. [default: 0.5]")] = None,
+    temperature: Annotated[list[float] | None, typer.Option(help="T; repeat for several. [default: 2]")] = None,
+    seed: Annotated[list[int] | None, typer.Option(help="Seed; repeat for several. [default: 0]")] = None,
+    teacher_subsets: Annotated[list[int] | None, typer.Option(
         help="k: run every k-combination of the teacher pool; repeat for several k. [default: the whole pool]")] = None,
-    teachers: Annotated[Optional[str], typer.Option(help="Comma-separated teacher pool. [default: every teacher]")] = None,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Start no new run after this many minutes.")] = None,
-    metric: Annotated[Optional[str], typer.Option(help="accuracy, macro_f1 or mcc: what the leaderboard ranks by. "
+    teachers: Annotated[str | None, typer.Option(help="Comma-separated teacher pool. [default: every teacher]")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Start no new run after this many minutes.")] = None,
+    metric: Annotated[str | None, typer.Option(help="accuracy, macro_f1 or mcc: what the leaderboard ranks by. "
                                                        "[default: accuracy]")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="As for distill. [default: 3]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="As for distill. [default: 8]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="As for distill. [default: 5e-5]")] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="As for distill. [default: 128]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda. [default: auto]")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="As for distill.")] = None,
-    warmup_epochs: Annotated[Optional[int], typer.Option(help="As for distill. [default: 0]")] = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="As for distill.")] = None,
-    train_split: Annotated[Optional[str], typer.Option(help="As for distill. [default: train]")] = None,
-    eval_split: Annotated[Optional[str], typer.Option(help="As for distill. [default: test]")] = None,
-    selection_split: Annotated[Optional[str], typer.Option(help="As for distill. [default: validation]")] = None,
-    expert_split: Annotated[Optional[str], typer.Option(help="As for distill. [default: test]")] = None,
-    noise_std: Annotated[Optional[float], typer.Option(help="noisy: sigma. [default: 1.0]")] = None,
-    gamma: Annotated[Optional[float], typer.Option(help="expert-soft: sharpening. [default: 2.0]")] = None,
+    epochs: Annotated[int | None, typer.Option(help="As for distill. [default: 3]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="As for distill. [default: 8]")] = None,
+    lr: Annotated[float | None, typer.Option(help="As for distill. [default: 5e-5]")] = None,
+    max_length: Annotated[int | None, typer.Option(help="As for distill. [default: 128]")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. [default: auto]")] = None,
+    patience: Annotated[int | None, typer.Option(help="As for distill.")] = None,
+    warmup_epochs: Annotated[int | None, typer.Option(help="As for distill. [default: 0]")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="As for distill.")] = None,
+    train_split: Annotated[str | None, typer.Option(help="As for distill. [default: train]")] = None,
+    eval_split: Annotated[str | None, typer.Option(help="As for distill. [default: test]")] = None,
+    selection_split: Annotated[str | None, typer.Option(help="As for distill. [default: validation]")] = None,
+    expert_split: Annotated[str | None, typer.Option(help="As for distill. [default: test]")] = None,
+    noise_std: Annotated[float | None, typer.Option(help="noisy: sigma. [default: 1.0]")] = None,
+    gamma: Annotated[float | None, typer.Option(help="expert-soft: sharpening. [default: 2.0]")] = None,
 ) -> None:
     """Distil a grid of strategies × α × T × seeds × teacher subsets from one load of the cache; rank them.
 

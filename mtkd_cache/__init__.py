@@ -4,14 +4,25 @@ The data flows one way: dataset -> teacher runner -> cache -> strategy -> traine
 This package is the library; the `mtkd-cache` command line lives in the separate `cli` package.
 """
 
-from .build import BuildConfig, BuildReport, RunnerConfig, build_cache
-from .datasets import DatasetSpec, load_task_data
-from .errors import (CacheFormatError, CacheIntegrityError, CacheMismatchError, CacheWriteError, ConfigError, DataError,
-                     LabelSpaceError, LockError, MtkdError, TeacherError)
-from .manifest import FORMAT_VERSION, TOOL_VERSION as __version__
-from .reader import Cache, SplitInputs, TeacherOutputs, open_cache
-from .teachers import TeacherSpec
-from .verify import VerifyReport, summarize, verify_cache
+from mtkd_cache.cache.manifest import FORMAT_VERSION
+from mtkd_cache.cache.reader import Cache, SplitInputs, TeacherOutputs, open_cache
+from mtkd_cache.cache.verify import VerifyReport, summarize, verify_cache
+from mtkd_cache.data.datasets import DatasetSpec, load_task_data
+from mtkd_cache.errors import (
+                     CacheFormatError,
+                     CacheIntegrityError,
+                     CacheMismatchError,
+                     CacheWriteError,
+                     ConfigError,
+                     DataError,
+                     LabelSpaceError,
+                     LockError,
+                     MtkdError,
+                     TeacherError,
+)
+from mtkd_cache.layout import PACKAGE_VERSION as __version__
+from mtkd_cache.runners.build import BuildConfig, BuildReport, RunnerConfig, build_cache
+from mtkd_cache.runners.teachers import TeacherSpec
 
 __all__ = [
     "BuildConfig", "BuildReport", "Cache", "CacheFormatError", "CacheIntegrityError", "CacheMismatchError", "CacheWriteError",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
+from mtkd_cache.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -45,19 +45,3 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def resolve_runtime(backend: str, requested_device: str, requested_dtype: str,
-                    tensorrt: bool = False) -> tuple[torch.device, torch.dtype | None]:
-    """The teachers' device, and the torch dtype (None for onnx: an ONNX file runs in the precision it holds)."""
-    if backend == "torch":
-        device = resolve_device(requested_device)
-        return device, resolve_dtype(requested_dtype, device)
-    from .onnx_runner import resolve_onnx_device
-
-    device = resolve_onnx_device(requested_device)
-    if requested_dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, not '{requested_dtype}'.")
-    if tensorrt and device.type != "cuda":
-        raise ConfigError("--tensorrt needs a CUDA device (--device cuda or auto on a GPU machine with onnxruntime-gpu).")
-    return device, None

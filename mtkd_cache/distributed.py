@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from mtkd_cache.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class DistributedContext:
 
     def device(self, requested: str) -> torch.device:
         """The device of this rank: with CUDA, the GPU of its local rank."""
-        from .devices import resolve_device
+        from mtkd_cache.devices import resolve_device
 
         device = resolve_device(requested)
         if device.type == "cuda" and self.active:

@@ -33,7 +33,7 @@ def sha256_files(root: Path, relative_names: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def _update_field(digest: "hashlib._Hash", value: str | None) -> None:
+def _update_field(digest: hashlib._Hash, value: str | None) -> None:
     # A length prefix keeps ("ab", "c") and ("a", "bc") apart; None is distinct from "".
     if value is None:
         digest.update(b"\xff")

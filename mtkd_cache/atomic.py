@@ -1,0 +1,89 @@
+"""Atomic file writes: the one way this package puts a file or a directory at its final path.
+
+Invariant: a final path holds either its previous content or the complete new content, never a torn
+file. Data goes to a hidden temporary beside the target (`.tmp-<name>.<pid>`, so a killed writer's
+leftovers are recognisable and never mistaken for results), is flushed, and is renamed over the
+target. `durable=True` also fsyncs the file before the rename and the directory after it, so the
+rename survives a power cut; the cache's shards and manifest need that, a report that can be re-made
+does not pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from mtkd_cache._faults import fault_point
+from mtkd_cache.errors import CacheWriteError
+
+TEMP_PREFIX = ".tmp-"
+
+
+def temporary_path(final: Path) -> Path:
+    """The hidden name `final` is written under first, unique per process."""
+    return final.parent / f"{TEMP_PREFIX}{final.name}.{os.getpid()}"
+
+
+def write_atomically(path: Path, data: bytes | str, *, durable: bool = True, fault: str | None = None) -> None:
+    """Write `data` (str as UTF-8) to `path` atomically; OSError becomes a one-line CacheWriteError.
+
+    `fault` names the test-only fault points hit after the temporary is written (`<fault>_written`) and
+    after the rename (`<fault>_renamed`), see _faults.py."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    temporary = temporary_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        if fault:
+            fault_point(f"{fault}_written")
+        os.replace(temporary, path)
+        if durable:
+            fsync_directory(path.parent)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise write_error(path, error) from error
+    if fault:
+        fault_point(f"{fault}_renamed")
+
+
+def replace_directory(target: Path, fill: Callable[[Path], None]) -> None:
+    """Make `target` a directory that `fill(directory)` populated, replacing any previous one as a whole.
+
+    `fill` writes into a hidden temporary directory beside `target`; the old directory is moved aside and
+    the new one renamed into place, so a crash leaves the old or the new one (the aside copy is
+    `.tmp-<name>.<pid>.old` and can be recovered with `recover_directory`)."""
+    temporary = temporary_path(target)
+    aside = temporary.with_name(temporary.name + ".old")
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        temporary.mkdir(parents=True)
+        fill(temporary)
+        if target.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(target, aside)
+        os.replace(temporary, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise write_error(target, error) from error
+
+
+def fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_error(path: Path, error: OSError) -> CacheWriteError:
+    return CacheWriteError(
+        f"cannot write {path}: {error.strerror or error}; free disk space or fix the directory's permissions, "
+        "then re-run (everything committed so far is kept)."
+    )

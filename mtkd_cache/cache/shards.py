@@ -1,0 +1,142 @@
+"""Parquet shards: their schemas, atomic writes and checksum-verified reads.
+
+Two kinds of shard, both keyed by `sample_id` (the row's position in its split):
+  inputs/<split>/rows-<start>-<end>.parquet           sample_id, text, [text_pair], label (class index or null)
+  outputs/<teacher>/<split>/rows-<start>-<end>.parquet sample_id, logits (fixed_size_list<K> of float16|float32), pred
+
+Logits are stored with dictionary encoding off (floats do not repeat, and pyarrow decodes a
+dictionary-encoded FixedSizeList<float16> 3-4x slower), BYTE_STREAM_SPLIT on the float leaf and zstd:
+the smallest files of the layouts measured, read by pyarrow, polars and `datasets` as a fixed-size list
+of halffloat (numbers in the README). The Arrow schema is stored in the file (pyarrow's default); without
+it the list comes back variable-sized.
+A shard is serialized in memory, hashed, written to a hidden temporary name, fsynced and renamed, so
+a final path only ever holds a complete file whose sha256 is known before the manifest lists it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mtkd_cache.atomic import write_atomically
+from mtkd_cache.cache.manifest import ShardRecord
+from mtkd_cache.errors import CacheFormatError, CacheIntegrityError
+from mtkd_cache.hashing import sha256_bytes
+
+LOGITS_DTYPES = ("float16", "float32")
+SHARD_FOLDERS = ("inputs", "outputs")
+# BYTE_STREAM_SPLIT must name the leaf path; pyarrow silently ignores the plain column name "logits".
+# Sample ids are consecutive (delta encoding stores them in a few bytes); predictions repeat (dictionary).
+_WRITE_OPTIONS = {"compression": "zstd", "use_dictionary": ["pred"], "write_statistics": ["sample_id"]}
+_OUTPUTS_ENCODING = {"logits.list.element": "BYTE_STREAM_SPLIT", "sample_id": "DELTA_BINARY_PACKED"}
+_INPUTS_ENCODING = {"sample_id": "DELTA_BINARY_PACKED"}
+
+
+def inputs_path(split: str, row_start: int, row_end: int) -> str:
+    return f"inputs/{split}/rows-{row_start:010d}-{row_end:010d}.parquet"
+
+
+def outputs_path(teacher: str, split: str, row_start: int, row_end: int) -> str:
+    return f"outputs/{teacher}/{split}/rows-{row_start:010d}-{row_end:010d}.parquet"
+
+
+def inputs_schema(with_pair: bool) -> pa.Schema:
+    fields = [pa.field("sample_id", pa.int64(), nullable=False), pa.field("text", pa.string(), nullable=False)]
+    if with_pair:
+        fields.append(pa.field("text_pair", pa.string(), nullable=False))
+    fields.append(pa.field("label", pa.int32()))
+    return pa.schema(fields)
+
+
+def outputs_schema(num_labels: int, logits_dtype: str) -> pa.Schema:
+    return pa.schema([
+        pa.field("sample_id", pa.int64(), nullable=False),
+        pa.field("logits", pa.list_(pa.field("element", getattr(pa, logits_dtype)(), nullable=False), num_labels),
+                 nullable=False),
+        pa.field("pred", pa.int16(), nullable=False),
+    ])
+
+
+def inputs_table(sample_ids: np.ndarray, texts: list[str], pairs: list[str] | None, labels: np.ndarray) -> pa.Table:
+    columns = {"sample_id": pa.array(sample_ids, pa.int64()), "text": pa.array(texts, pa.string())}
+    if pairs is not None:
+        columns["text_pair"] = pa.array(pairs, pa.string())
+    columns["label"] = pa.array(labels, pa.int32(), mask=labels < 0)
+    return pa.table(columns, schema=inputs_schema(pairs is not None))
+
+
+def outputs_table(sample_ids: np.ndarray, logits: np.ndarray, preds: np.ndarray, logits_dtype: str) -> pa.Table:
+    """`logits` [rows, K] already in the cache's label order; cast here to the cache's logit dtype."""
+    rows, num_labels = logits.shape
+    flat = pa.array(np.ascontiguousarray(logits, dtype=logits_dtype).reshape(-1))
+    return pa.table(
+        {"sample_id": pa.array(sample_ids, pa.int64()),
+         "logits": pa.FixedSizeListArray.from_arrays(flat, num_labels),
+         "pred": pa.array(preds.astype(np.int16), pa.int16())},
+        schema=outputs_schema(num_labels, logits_dtype),
+    )
+
+
+def write_shard(cache_dir: Path, relative_path: str, table: pa.Table, expected: pa.Schema) -> tuple[int, str]:
+    """Write `table` atomically at `relative_path`; return (bytes, sha256). Refuses a schema drift."""
+    if not table.schema.equals(expected):
+        # RELIABILITY.md fault 15: mixed logit dtypes or renamed columns never reach a committed shard.
+        raise CacheFormatError(f"shard {relative_path} has schema {table.schema}, expected {expected}.")
+    buffer = io.BytesIO()
+    encoding = _OUTPUTS_ENCODING if "logits" in table.column_names else _INPUTS_ENCODING
+    pq.write_table(table, buffer, column_encoding=encoding, **_WRITE_OPTIONS)
+    data = buffer.getvalue()
+    write_bytes_atomically(cache_dir, relative_path, data)
+    return len(data), sha256_bytes(data)
+
+
+def write_bytes_atomically(cache_dir: Path, relative_path: str, data: bytes) -> None:
+    """A shard-like file under the cache directory, durably (see atomic.py), with the shard fault points."""
+    write_atomically(cache_dir / relative_path, data, durable=True, fault="shard")
+
+
+def read_verified_bytes(cache_dir: Path, record: ShardRecord) -> bytes:
+    """The shard's bytes after checking existence, size (before parsing) and sha256."""
+    path = cache_dir / record.path
+    if not path.is_file():
+        raise CacheIntegrityError(f"shard {record.path} listed in the manifest is missing; re-run `mtkd-cache build` to recompute it.")
+    size = path.stat().st_size
+    if size != record.bytes:
+        raise CacheIntegrityError(
+            f"shard {record.path} is {size} bytes, the manifest says {record.bytes} (truncated or replaced); "
+            "re-run `mtkd-cache build` to recompute it."
+        )
+    data = path.read_bytes()
+    actual = sha256_bytes(data)
+    if actual != record.sha256:
+        raise CacheIntegrityError(
+            f"shard {record.path} is corrupt: sha256 {actual}, the manifest says {record.sha256}; "
+            "delete it and re-run `mtkd-cache build`, or pull a good copy."
+        )
+    return data
+
+
+def shard_is_intact(cache_dir: Path, record: ShardRecord) -> bool:
+    try:
+        read_verified_bytes(cache_dir, record)
+    except CacheIntegrityError:
+        return False
+    return True
+
+
+def parse_shard(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    # ParquetFile.read skips read_table's dataset layer (and its pandas import); one thread per shard is
+    # faster here than pyarrow's pool for single-row-group files.
+    return pq.ParquetFile(pa.BufferReader(data)).read(columns=columns, use_threads=False)
+
+
+def logits_array(table: pa.Table) -> np.ndarray:
+    """The `logits` column as a [rows, K] numpy array without a per-row copy."""
+    column = table.column("logits").combine_chunks()
+    num_labels = column.type.list_size
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(-1, num_labels)

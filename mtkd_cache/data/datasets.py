@@ -1,0 +1,299 @@
+"""Dataset loading: a hub id, a data file, a directory of split files, or a `save_to_disk` directory.
+
+Everything downstream sees one `TaskData`: the label names in order and, per split, the texts, the
+optional text pairs and the labels as class indices (-1 where a row has no label). Problems a user can
+fix (missing column, empty split, unknown label, unreadable file) raise `DataError` naming the split,
+the column and the rows.
+
+Text policy (recorded in the manifest): texts are kept exactly as loaded; numbers are turned into
+their string form; empty strings are kept (a tokenizer gives them [CLS][SEP]); a missing text (null)
+or a string that is not valid Unicode is rejected with its row ids. Duplicate texts are kept as
+separate rows, each with its own sample id, so the cache stays row-aligned with the source.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mtkd_cache.errors import DataError
+from mtkd_cache.hashing import fingerprint_rows, row_digests, sha256_bytes
+
+TEXT_POLICY = "keep-as-loaded; numbers stringified; empty kept; null or invalid unicode rejected"
+DUPLICATE_POLICY = "keep every row; duplicates get their own sample ids"
+_FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_MAX_ROWS_NAMED = 10
+_CANONICAL_SPLITS = ("train", "validation", "dev", "test")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where the data comes from and which columns hold what."""
+
+    source: str
+    config_name: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    splits: tuple[str, ...] | None = None  # None: every split the source has
+    label_names: tuple[str, ...] | None = None  # explicit label order; otherwise taken from the data
+
+
+@dataclass
+class SplitData:
+    """One split: texts, optional pairs and labels (class indices, -1 = unlabeled), row-aligned."""
+
+    name: str
+    texts: list[str]
+    text_pairs: list[str] | None
+    labels: np.ndarray  # int64 [rows]
+    label_names: tuple[str, ...] = field(repr=False)
+
+    @property
+    def rows(self) -> int:
+        return len(self.texts)
+
+    @property
+    def labeled(self) -> bool:
+        return bool((self.labels >= 0).any())
+
+    @functools.cached_property
+    def row_digests(self) -> list[bytes]:
+        names = [self.label_names[i] if i >= 0 else None for i in self.labels.tolist()]
+        return row_digests(self.texts, self.text_pairs, names)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return fingerprint_rows(self.row_digests)
+
+
+@dataclass
+class TaskData:
+    label_names: tuple[str, ...]
+    splits: dict[str, SplitData]
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the label names and of every split's name and fingerprint (split order does not matter)."""
+        parts = ["labels:" + "\x1f".join(self.label_names)]
+        parts += sorted(f"split:{name}:{split.fingerprint}" for name, split in self.splits.items())
+        return sha256_bytes("\n".join(parts).encode())
+
+
+def load_task_data(spec: DatasetSpec) -> TaskData:
+    """Load and validate the splits named in `spec`; raise `DataError` on anything unusable."""
+    dataset_dict = _load_dataset_dict(spec)
+    split_names = list(spec.splits) if spec.splits else list(dataset_dict.keys())
+    unknown = [name for name in split_names if name not in dataset_dict]
+    if unknown:
+        raise DataError(
+            f"split {', '.join(map(repr, unknown))} not found in {spec.source}; "
+            f"it has {', '.join(map(repr, dataset_dict.keys()))}. Pass --splits with those names."
+        )
+    columns = {name: _columns_of(dataset_dict[name], name, spec) for name in split_names}
+    label_names = _label_names(dataset_dict, columns, spec)
+    splits = {}
+    for name, (texts, pairs, raw_labels) in columns.items():
+        labels = _label_indices(raw_labels, len(texts), label_names, name)
+        splits[name] = SplitData(name, texts, pairs, labels, label_names)
+    return TaskData(label_names=label_names, splits=splits)
+
+
+def _load_dataset_dict(spec: DatasetSpec):
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(spec.source).expanduser()
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+            loaded = datasets.load_from_disk(str(path))
+            return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+        if path.is_dir():
+            builder, data_files = _split_files_in(path)
+        elif path.is_file():
+            builder = _builder_for(path)
+            data_files = {"train": str(path)}
+        elif _looks_like_local_path(spec.source):
+            raise DataError(f"dataset path {spec.source} does not exist; check the --dataset path.")
+        else:
+            return datasets.load_dataset(spec.source, spec.config_name)
+        if builder != "parquet":
+            for file in data_files.values():
+                _check_utf8(Path(file))
+        extra = {"keep_default_na": False} if builder == "csv" else {}
+        if builder == "csv" and all(f.endswith(".tsv") for f in data_files.values()):
+            extra["sep"] = "\t"
+        # One load per split file, so splits may have different columns (loaded together, datasets casts
+        # every file to the first one's): a transfer split from `mtkd-cache augment` has no label column
+        # and carries source_split, source_row and augmentation.
+        return datasets.DatasetDict({split: datasets.load_dataset(builder, data_files={split: file}, **extra)[split]
+                                     for split, file in data_files.items()})
+    except DataError:
+        raise
+    except Exception as error:  # datasets wraps parser errors in many types; report the root cause
+        raise DataError(_describe_load_failure(spec.source, error)) from error
+
+
+def _split_files_in(directory: Path) -> tuple[str, dict[str, str]]:
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in _FILE_BUILDERS)
+    if not files:
+        raise DataError(
+            f"{directory} holds no split files; name them after their split, e.g. train.csv, "
+            "validation.jsonl, test.parquet."
+        )
+    builders = {_builder_for(p) for p in files}
+    if len(builders) > 1:
+        raise DataError(f"{directory} mixes file formats ({', '.join(p.name for p in files)}); use one format.")
+    data_files = {}
+    files.sort(key=lambda p: (_CANONICAL_SPLITS.index(p.stem) if p.stem in _CANONICAL_SPLITS else 99, p.stem))
+    for file in files:
+        if file.stem in data_files:
+            raise DataError(f"{directory} has two files for split '{file.stem}'; keep one.")
+        data_files[file.stem] = str(file)
+    return builders.pop(), data_files
+
+
+def _check_utf8(path: Path) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"cannot read {path}: it is not valid UTF-8 (byte {offset + error.start}: {error.reason}); "
+                    "re-encode it as UTF-8, e.g. `iconv -f latin1 -t utf-8`."
+                ) from None
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise DataError(f"cannot read {path}: it ends inside a UTF-8 character; re-encode it as UTF-8.") from None
+
+
+def _builder_for(path: Path) -> str:
+    try:
+        return _FILE_BUILDERS[path.suffix.lower()]
+    except KeyError:
+        raise DataError(
+            f"cannot read {path}: unknown file type '{path.suffix}'; use .csv, .tsv, .json, .jsonl or .parquet."
+        ) from None
+
+
+def _looks_like_local_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).suffix.lower() in _FILE_BUILDERS or source.count("/") > 1
+
+
+def _describe_load_failure(source: str, error: BaseException) -> str:
+    root = error
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    detail = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+    if "corresponds to no data" in detail:  # datasets' wording for a split file without rows
+        return f"a split of {source} is empty ({detail}); drop it from --splits or add rows."
+    return f"cannot load dataset {source}: {detail}"
+
+
+def _columns_of(dataset, split: str, spec: DatasetSpec) -> tuple[list[str], list[str] | None, list | None]:
+    available = list(dataset.column_names)
+    if dataset.num_rows == 0:
+        raise DataError(f"split '{split}' of {spec.source} is empty; drop it from --splits or add rows.")
+    for option, column in (("--text-column", spec.text_column), ("--text-pair-column", spec.text_pair_column)):
+        if column is not None and column not in available:
+            raise DataError(
+                f"split '{split}' has no column '{column}' ({option}); its columns are {', '.join(available)}."
+            )
+    texts = _texts(dataset[spec.text_column], split, spec.text_column)
+    pairs = _texts(dataset[spec.text_pair_column], split, spec.text_pair_column) if spec.text_pair_column else None
+    raw_labels = list(dataset[spec.label_column]) if spec.label_column in available else None
+    return texts, pairs, raw_labels
+
+
+def _texts(values: Sequence, split: str, column: str) -> list[str]:
+    texts, bad_rows = [], []
+    for row, value in enumerate(values):
+        if value is None:
+            bad_rows.append(row)
+            texts.append("")
+            continue
+        text = value if isinstance(value, str) else str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            bad_rows.append(row)
+        texts.append(text)
+    if bad_rows:
+        raise DataError(
+            f"column '{column}' of split '{split}' has missing or invalid-unicode text at rows "
+            f"{_name_rows(bad_rows)}; fill or remove those rows."
+        )
+    return texts
+
+
+def _label_names(dataset_dict, columns: dict, spec: DatasetSpec) -> tuple[str, ...]:
+    if spec.label_names:
+        return tuple(spec.label_names)
+    for name in columns:
+        feature = dataset_dict[name].features.get(spec.label_column)
+        if feature is not None and hasattr(feature, "names"):  # datasets.ClassLabel
+            return tuple(feature.names)
+    values = {v for _, _, labels in columns.values() if labels is not None for v in labels if not _is_missing(v)}
+    if not values:
+        raise DataError(
+            f"no split has labels in column '{spec.label_column}' (--label-column); at least one labeled "
+            "split is needed to know the label names, or pass --label-names."
+        )
+    if all(isinstance(v, str) for v in values):
+        return tuple(sorted(values))
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        if min(values) < 0:
+            raise DataError(f"label column '{spec.label_column}' has negative class ids other than -1 (unlabeled).")
+        return tuple(str(i) for i in range(max(values) + 1))
+    kinds = sorted({type(v).__name__ for v in values})
+    raise DataError(
+        f"label column '{spec.label_column}' holds {'/'.join(kinds)} values; labels must be class names "
+        "(strings) or class ids (integers)."
+    )
+
+
+def _is_missing(value) -> bool:
+    return value is None or value == "" or (isinstance(value, (int, np.integer)) and value == -1)
+
+
+def _label_indices(raw: list | None, rows: int, label_names: tuple[str, ...], split: str) -> np.ndarray:
+    if raw is None:  # a split without the label column is unlabeled transfer data
+        return np.full(rows, -1, dtype=np.int64)
+    index_of = {name: i for i, name in enumerate(label_names)}
+    labels = np.full(len(raw), -1, dtype=np.int64)
+    unknown: dict[str, list[int]] = {}
+    for row, value in enumerate(raw):
+        if _is_missing(value):
+            continue
+        if isinstance(value, str):
+            position = index_of.get(value)
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            position = int(value) if 0 <= value < len(label_names) else None
+        else:
+            position = None
+        if position is None:
+            unknown.setdefault(str(value), []).append(row)
+        else:
+            labels[row] = position
+    if unknown:
+        shown = "; ".join(f"'{v}' at rows {_name_rows(rows)}" for v, rows in list(unknown.items())[:5])
+        raise DataError(
+            f"split '{split}' has labels outside the label names ({', '.join(label_names)}): {shown}. "
+            "Fix the data or pass --label-names with every label."
+        )
+    return labels
+
+
+def _name_rows(rows: list[int]) -> str:
+    shown = ", ".join(map(str, rows[:_MAX_ROWS_NAMED]))
+    return shown + (f" and {len(rows) - _MAX_ROWS_NAMED} more" if len(rows) > _MAX_ROWS_NAMED else "")

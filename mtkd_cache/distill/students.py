@@ -1,0 +1,180 @@
+"""Students: an HF sequence-classification checkpoint, a down-scaled BERT built from a config, or a
+BiLSTM classifier over a tokenizer's ids (Tang et al., 2019). All expose `model(input_ids=...,
+attention_mask=...).logits` of shape [B, K], so one training loop serves them all.
+
+`--student` forms (an existing path always wins over the keywords):
+    DIRECTORY or hub id                  a checkpoint (a sequence-classification head is added if missing)
+    config.json                          a randomly initialized model from a transformers config file
+    bert[:layers=4,hidden=256,heads=4]   a randomly initialized BERT of that size (intermediate = 4 x hidden)
+    bilstm[:embed=128,hidden=256]        a BiLSTM classifier
+The last three need `--tokenizer` (a directory or hub id): their vocabulary comes from it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mtkd_cache.errors import ConfigError
+
+BILSTM_WEIGHTS = "bilstm.pt"
+BILSTM_CONFIG = "bilstm_config.json"
+
+
+@dataclass(frozen=True)
+class BiLSTMConfig:
+    vocab_size: int
+    num_labels: int
+    pad_id: int = 0
+    embed: int = 128
+    hidden: int = 256
+    layers: int = 1
+    dense: int = 256
+    dropout: float = 0.1
+    # Output names in class order, so `export` and `predict` can answer in labels; older saves lack them.
+    label_names: tuple[str, ...] = ()
+
+
+class _Output:
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+
+class BiLSTMClassifier(nn.Module):
+    """Embedding -> BiLSTM -> [last forward state; last backward state] -> ReLU dense -> logits (Tang et al.)."""
+
+    def __init__(self, config: BiLSTMConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embed, padding_idx=config.pad_id)
+        self.lstm = nn.LSTM(config.embed, config.hidden, num_layers=config.layers, batch_first=True,
+                            bidirectional=True)
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * config.hidden, config.dense), nn.ReLU(),
+                                  nn.Linear(config.dense, config.num_labels))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: torch.Tensor) -> _Output:
+        lengths = attention_mask.sum(dim=1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(input_ids), lengths, batch_first=True,
+                                                   enforce_sorted=False)
+        _, (hidden, _) = self.lstm(packed)
+        final = torch.cat([hidden[-2], hidden[-1]], dim=1)  # last layer, forward and backward directions
+        return _Output(self.head(final))
+
+    def save_pretrained(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), directory / BILSTM_WEIGHTS)
+        (directory / BILSTM_CONFIG).write_text(json.dumps(asdict(self.config), indent=1))
+
+    @classmethod
+    def from_pretrained(cls, directory: Path) -> BiLSTMClassifier:
+        model = cls(BiLSTMConfig(**json.loads((directory / BILSTM_CONFIG).read_text())))
+        model.load_state_dict(torch.load(directory / BILSTM_WEIGHTS, weights_only=True))
+        return model
+
+
+def _options(spec: str, allowed: dict[str, type]) -> dict:
+    kind, _, body = spec.partition(":")
+    options = {}
+    for item in filter(None, body.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in allowed:
+            raise ConfigError(f"--student {spec}: unknown option '{item}'; {kind} takes {', '.join(allowed)}.")
+        try:
+            options[key] = allowed[key](value)
+        except ValueError:
+            expected = "an integer" if allowed[key] is int else "a number"
+            raise ConfigError(f"--student {spec}: {key} must be {expected}, not '{value}'.") from None
+    return options
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # "newly initialized head" notices are expected for students
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot load the tokenizer {source}: {str(error).splitlines()[0]}") from error
+
+
+def build_student(spec: str, label_names: tuple[str, ...], tokenizer_source: str | None):
+    """Return (model, tokenizer, kind) for `--student spec`; kind is 'hf' or 'bilstm'."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
+
+    labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+              "label2id": {name: i for i, name in enumerate(label_names)}}
+    quiet_transformers()
+    path = Path(spec)
+    kind = spec.partition(":")[0]
+    if not path.exists() and kind in ("bert", "bilstm") or path.is_file():
+        if not tokenizer_source:
+            raise ConfigError(f"--student {spec} is built from scratch and needs --tokenizer (a directory or hub id).")
+        tokenizer = load_tokenizer(tokenizer_source)
+        if path.is_file():
+            config = AutoConfig.from_pretrained(spec, **labels)
+        elif kind == "bilstm":
+            options = _options(spec, {"embed": int, "hidden": int, "layers": int, "dense": int, "dropout": float})
+            config = BiLSTMConfig(vocab_size=len(tokenizer), num_labels=len(label_names),
+                                  pad_id=tokenizer.pad_token_id or 0, label_names=tuple(label_names), **options)
+            return BiLSTMClassifier(config), tokenizer, "bilstm"
+        else:
+            options = _options(spec, {"layers": int, "hidden": int, "heads": int, "intermediate": int})
+            hidden = options.get("hidden", 256)
+            config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden,
+                                num_hidden_layers=options.get("layers", 4),
+                                num_attention_heads=options.get("heads", 4),
+                                intermediate_size=options.get("intermediate", 4 * hidden),
+                                pad_token_id=tokenizer.pad_token_id or 0, **labels)
+        return AutoModelForSequenceClassification.from_config(config), tokenizer, "hf"
+    if path.is_dir() and (path / BILSTM_CONFIG).exists():
+        return BiLSTMClassifier.from_pretrained(path), load_tokenizer(str(path)), "bilstm"
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(spec, ignore_mismatched_sizes=True, **labels)
+        _reorder_head(model, spec, label_names)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--student {spec}: cannot load it as a checkpoint ({str(error).splitlines()[0]}); "
+                          "pass a save_pretrained directory, a hub id, bert:layers=…, bilstm:… or a config .json.") from error
+    return model, load_tokenizer(tokenizer_source or spec), "hf"
+
+
+def _reorder_head(model, spec: str, label_names: tuple[str, ...]) -> None:
+    """A checkpoint whose head predicts the dataset's labels in another order gets its output rows permuted,
+    so it starts from what it knows instead of scrambled classes."""
+    from transformers import AutoConfig
+
+    own = AutoConfig.from_pretrained(spec).id2label or {}
+    own_names = [str(own[key]) for key in sorted(own, key=int)]
+    if own_names == list(label_names) or sorted(own_names) != sorted(label_names):
+        return
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == len(label_names)]
+    if not heads:
+        return
+    order = torch.tensor([own_names.index(name) for name in label_names])
+    with torch.no_grad():
+        heads[-1].weight.copy_(heads[-1].weight[order])
+        if heads[-1].bias is not None:
+            heads[-1].bias.copy_(heads[-1].bias[order])
+
+
+def load_saved_student(directory: Path):
+    """A student saved by `distill`/`finetune`: (model, tokenizer)."""
+    from transformers import AutoModelForSequenceClassification
+
+    quiet_transformers()
+    if (directory / BILSTM_CONFIG).exists():
+        return BiLSTMClassifier.from_pretrained(directory), load_tokenizer(str(directory))
+    return AutoModelForSequenceClassification.from_pretrained(directory), load_tokenizer(str(directory))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

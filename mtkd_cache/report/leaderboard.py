@@ -1,0 +1,111 @@
+"""The sweep's report: a leaderboard of every run and the robustness summary of the source study.
+
+Robustness (Ilichev et al.): for each configuration (strategy, α, T), the worst / mean / best score
+over seeds for each teacher subset, and over every subset of each size (seeds included), with a plot
+of score against the number of teachers. Files: leaderboard.parquet, robustness.parquet,
+leaderboard.md and robustness.png in the sweep directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from mtkd_cache.report.evaluation import new_axes, save_figure
+
+CONFIG = ["strategy", "alpha", "temperature"]
+
+
+METRICS = ("accuracy", "macro_f1", "mcc")
+
+
+@dataclass
+class RunRow:
+    """A leaderboard row: the run's grid point, its metrics and its times."""
+
+    run: str
+    strategy: str
+    alpha: float
+    temperature: float
+    seed: int
+    teachers: str
+    num_teachers: int
+    accuracy: float
+    macro_f1: float
+    mcc: float
+    best_epoch: int
+    train_seconds: float  # the training loop (epochs and per-epoch selection scoring)
+    run_seconds: float  # the whole run: model set-up, training, final evaluation, report
+    status: str  # "trained" in this invocation, or "skipped" (finished earlier)
+
+
+def leaderboard_frame(rows: list[RunRow], metric: str) -> pl.DataFrame:
+    frame = pl.DataFrame([dataclasses.asdict(r) for r in rows]) if rows else pl.DataFrame(
+        schema={f.name: pl.Utf8 for f in dataclasses.fields(RunRow)})
+    return frame.sort(metric, descending=True) if rows else frame
+
+
+def _spread(frame: pl.DataFrame, by: list[str], metric: str) -> pl.DataFrame:
+    score = pl.col(metric)
+    return (frame.group_by(by, maintain_order=True)
+            .agg(score.min().alias("worst"), score.mean().alias("mean"), score.max().alias("best"),
+                 score.std().alias("std"), pl.col("teachers").n_unique().alias("subsets"), pl.len().alias("runs"))
+            .sort(by))
+
+
+def robustness_over_seeds(frame: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """Per configuration and teacher subset: the spread of `metric` over seeds."""
+    return _spread(frame, CONFIG + ["num_teachers", "teachers"], metric)
+
+
+def robustness_over_subsets(frame: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """Per configuration and subset size: the spread of `metric` over every subset of that size and every seed."""
+    return _spread(frame, CONFIG + ["num_teachers"], metric)
+
+
+def _markdown(frame: pl.DataFrame, float_columns: set[str]) -> list[str]:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.iter_rows():
+        cells = ["–" if v is None else f"{v:.4f}" if c in float_columns else str(v) for c, v in zip(frame.columns, row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_leaderboard(out: Path, rows: list[RunRow], metric: str) -> pl.DataFrame:
+    frame = leaderboard_frame(rows, metric)
+    frame.write_parquet(out / "leaderboard.parquet")
+    if not rows:
+        (out / "leaderboard.md").write_text("# Sweep leaderboard\n\nNo run has finished yet.\n")
+        return frame
+    over_subsets = robustness_over_subsets(frame, metric)
+    over_subsets.write_parquet(out / "robustness.parquet")
+    scores = {"worst", "mean", "best", "std", *METRICS}
+    shown = frame.select("run", *METRICS, "best_epoch", "train_seconds", "run_seconds")
+    lines = [f"# Sweep leaderboard (ranked by {metric})", ""]
+    lines += _markdown(shown.with_columns(pl.col("train_seconds", "run_seconds").round(1).cast(pl.Utf8)), scores)
+    lines += ["", f"## Robustness over seeds ({metric})", ""]
+    lines += _markdown(robustness_over_seeds(frame, metric), scores)
+    lines += ["", f"## Robustness over teacher subsets of each size ({metric}, seeds included)", ""]
+    lines += _markdown(over_subsets, scores)
+    lines += ["", "![score against number of teachers](robustness.png)", ""]
+    (out / "leaderboard.md").write_text("\n".join(lines))
+    plot_robustness(out / "robustness.png", over_subsets, metric)
+    return frame
+
+
+
+def plot_robustness(path: Path, over_subsets: pl.DataFrame, metric: str) -> None:
+    figure, axis = new_axes(7, 4)
+    for (strategy, alpha, temperature), group in over_subsets.group_by(CONFIG, maintain_order=True):
+        group = group.sort("num_teachers")
+        sizes = group["num_teachers"].to_list()
+        line, = axis.plot(sizes, group["mean"].to_list(), marker="o", label=f"{strategy} α={alpha:g} T={temperature:g}")
+        axis.fill_between(sizes, group["worst"].to_list(), group["best"].to_list(), color=line.get_color(), alpha=0.15)
+    axis.set_xlabel("number of teachers")
+    axis.set_ylabel(f"{metric} (mean; band = worst to best)")
+    axis.set_xticks(sorted(set(over_subsets["num_teachers"].to_list())))
+    axis.legend(fontsize="small", loc="lower right")  # a fixed place: searching for the "best" one is slow
+    save_figure(figure, path)

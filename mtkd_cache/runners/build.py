@@ -1,0 +1,395 @@
+"""`build`: run every teacher once over every split and commit the outputs to the cache.
+
+Order of work: load and validate the dataset and resolve the teachers (nothing is written if either is
+unusable), take the cache lock, check what is already committed against what is asked (dataset fingerprint, label names, teacher
+identities), then write the missing input shards and the missing teacher shards. Each teacher group
+sharing a tokenizer and max length tokenizes a split once. Shards are written and the manifest
+committed on a background thread while the next shard computes; at most one commit is in flight, so a
+crash loses at most the shard being computed and the one being written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtkd_cache import distributed
+from mtkd_cache.cache.committer import (
+    ShardCommitter,
+    holds_teacher_outputs,
+    make_directory,
+    refuse_foreign_directory,
+    remove_temporaries,
+)
+from mtkd_cache.cache.lock import CacheLock
+from mtkd_cache.cache.manifest import (
+    MANIFEST_NAME,
+    DatasetRecord,
+    Manifest,
+    ShardRecord,
+    SplitRecord,
+    TeacherRecord,
+    load_manifest,
+)
+from mtkd_cache.cache.receipts import ReceiptWriter, adopt_receipts
+from mtkd_cache.cache.shards import (
+    LOGITS_DTYPES,
+    inputs_path,
+    inputs_schema,
+    inputs_table,
+    outputs_path,
+    outputs_schema,
+    outputs_table,
+    parse_shard,
+    read_verified_bytes,
+    shard_is_intact,
+)
+from mtkd_cache.data.batching import TokenizedRows, tokenize_rows
+from mtkd_cache.data.datasets import DUPLICATE_POLICY, TEXT_POLICY, DatasetSpec, TaskData, load_task_data
+from mtkd_cache.devices import dtype_name
+from mtkd_cache.distributed import DistributedContext, balanced_assignment
+from mtkd_cache.errors import CacheMismatchError, ConfigError, MtkdError, TeacherError
+from mtkd_cache.hashing import row_digests
+from mtkd_cache.layout import validate_name
+from mtkd_cache.progress import ProgressEvents, SilentEvents
+from mtkd_cache.runners.base import BACKENDS, RunnerConfig, default_batch_tokens, make_runner, resolve_runtime, run_rows
+from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, check_backend, resolve_teacher
+
+_MAX_IDS_NAMED = 10
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    dataset: DatasetSpec
+    teachers: tuple[TeacherSpec, ...]
+    out: Path
+    runner: RunnerConfig = RunnerConfig()
+    logits_dtype: str = "float16"
+    shard_rows: int = 8192  # rows per shard; a crash loses at most one shard of work per teacher
+
+
+@dataclass
+class BuildReport:
+    cache_dir: Path
+    shards_written: int = 0
+    shards_reused: int = 0
+    rows_computed: dict[str, int] = field(default_factory=dict)  # per teacher
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def build_cache(config: BuildConfig, events: ProgressEvents | None = None) -> BuildReport:
+    events = events or SilentEvents()
+    _validate(config)
+    runner = config.runner
+    device, dtype = resolve_runtime(runner.backend, runner.device, runner.dtype, runner.tensorrt)
+    report = BuildReport(cache_dir=config.out)
+
+    started = time.perf_counter()
+    task = load_task_data(config.dataset)
+    report.stage_seconds["load dataset"] = time.perf_counter() - started
+
+    teachers = [resolve_teacher(spec, task.label_names) for spec in config.teachers]
+    for teacher in teachers:
+        check_backend(teacher, config.runner.backend, config.runner.dtype)
+    records = {t.spec.name: _teacher_record(t, config.runner, dtype, device) for t in teachers}
+
+    context = distributed.current()
+    if context.active and device.type == "cuda":
+        device = context.device(config.runner.device)  # one GPU per rank: LOCAL_RANK's
+    if not context.is_main:
+        return _build_as_other_rank(config, task, teachers, records, device, dtype, report, context)
+
+    out = config.out
+    announced = False
+    try:
+        refuse_foreign_directory(out)
+        created = make_directory(out)
+        with CacheLock(out) as lock:
+            try:
+                if lock.took_over_from:
+                    events.note(f"took over a stale lock left by pid {lock.took_over_from.get('pid')}")
+                remove_temporaries(out)
+                manifest = _open_or_start(out, config, task)
+                _check_identities(manifest, records)
+                adopted = adopt_receipts(out, manifest, records)
+                if adopted:
+                    events.note(f"kept {adopted} shard(s) that ranks of an interrupted build had finished")
+                    manifest.save(out)
+                with ShardCommitter(out, manifest) as committer:
+                    started = time.perf_counter()
+                    _write_inputs(out, task, manifest, committer, report)
+                    committer.wait()
+                    report.stage_seconds["inputs"] = time.perf_counter() - started
+                    announced = True
+                    context.broadcast(None)  # the manifest is committed: the other ranks may start
+                    _write_outputs(out, task, manifest, committer, teachers, records, config, device, dtype,
+                                   events, report, context)
+                if context.active:
+                    _gather_counts(report, context)  # every rank has written its shards and receipts
+                    adopt_receipts(out, manifest, records)
+                    manifest.save(out)
+            except BaseException:
+                if created and not holds_teacher_outputs(out):
+                    shutil.rmtree(out, ignore_errors=True)  # this build made the directory and nothing of value is in it
+                raise
+    except MtkdError as error:
+        if context.active and not announced:
+            context.broadcast(str(error))  # the other ranks stop instead of waiting for a manifest
+        raise
+    return report
+
+
+def _build_as_other_rank(config: BuildConfig, task: TaskData, teachers: list[ResolvedTeacher],
+                         records: dict[str, TeacherRecord], device: torch.device, dtype: torch.dtype | None,
+                         report: BuildReport, context: DistributedContext) -> BuildReport:
+    """A rank > 0: wait for rank 0's manifest, run this rank's shards, leave a receipt for each."""
+    failure = context.broadcast(None)
+    if failure is not None:
+        raise MtkdError(f"rank 0 stopped the build: {failure}")
+    manifest = load_manifest(config.out)
+    with ReceiptWriter(config.out) as committer:
+        _write_outputs(config.out, task, manifest, committer, teachers, records, config, device, dtype,
+                       SilentEvents(), report, context)
+    _gather_counts(report, context)
+    return report
+
+
+def _gather_counts(report: BuildReport, context: DistributedContext) -> None:
+    """Rank 0's report counts every rank's work; doubles as the barrier before receipts are adopted."""
+    parts = context.all_gather((report.shards_written, report.rows_computed))
+    if context.is_main:
+        report.shards_written = sum(written for written, _ in parts)
+        report.rows_computed = {name: sum(rows.get(name, 0) for _, rows in parts)
+                                for name in dict.fromkeys(n for _, rows in parts for n in rows)}
+
+
+def _validate(config: BuildConfig) -> None:
+    if not config.teachers:
+        raise ConfigError("give at least one --teacher NAME=SOURCE.")
+    names = [t.name for t in config.teachers]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"teacher name(s) {', '.join(duplicates)} given twice; every --teacher needs its own name.")
+    for name in names:
+        validate_name(name, "teacher")
+    if config.runner.tensorrt and config.runner.backend != "onnx":
+        raise ConfigError("--tensorrt applies to --backend onnx only.")
+    if config.runner.backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not '{config.runner.backend}'.")
+    if config.logits_dtype not in LOGITS_DTYPES:
+        raise ConfigError(f"--logits-dtype must be one of {', '.join(LOGITS_DTYPES)}, not '{config.logits_dtype}'.")
+    if config.runner.max_length < 2:
+        raise ConfigError(f"--max-length must be at least 2, not {config.runner.max_length}.")
+    if config.runner.batch_tokens is not None and config.runner.batch_tokens < 1:
+        raise ConfigError(f"--batch-tokens must be positive, not {config.runner.batch_tokens}.")
+    if config.shard_rows < 1:
+        raise ConfigError(f"--shard-rows must be positive, not {config.shard_rows}.")
+
+
+def _open_or_start(out: Path, config: BuildConfig, task: TaskData) -> Manifest:
+    spec = config.dataset
+    if not (out / MANIFEST_NAME).exists():
+        return Manifest(
+            dataset=DatasetRecord(
+                source=spec.source, config_name=spec.config_name, text_column=spec.text_column,
+                text_pair_column=spec.text_pair_column, label_column=spec.label_column,
+                fingerprint=task.fingerprint, text_policy=TEXT_POLICY, duplicate_policy=DUPLICATE_POLICY),
+            label_names=list(task.label_names),
+            splits={name: SplitRecord(rows=s.rows, fingerprint=s.fingerprint, labeled=s.labeled)
+                    for name, s in task.splits.items()},
+            shard_rows=config.shard_rows,
+            logits_dtype=config.logits_dtype,
+        )
+    manifest = load_manifest(out)
+    if list(task.label_names) != manifest.label_names:
+        raise CacheMismatchError(
+            f"the cache in {out} has label names {manifest.label_names}, the dataset has {list(task.label_names)}; "
+            "build into a new --out."
+        )
+    if set(task.splits) != set(manifest.splits):
+        raise CacheMismatchError(
+            f"the cache in {out} holds splits {list(manifest.splits)}, this build asks for {list(task.splits)}; "
+            "pass the same --splits or build into a new --out."
+        )
+    if task.fingerprint != manifest.dataset.fingerprint:
+        raise CacheMismatchError(_describe_dataset_change(out, manifest, task))
+    if config.logits_dtype != manifest.logits_dtype:
+        raise CacheMismatchError(
+            f"the cache in {out} stores {manifest.logits_dtype} logits, this build asks for {config.logits_dtype}; "
+            "one cache holds one logit dtype: drop --logits-dtype or build into a new --out."
+        )
+    return manifest
+
+
+def _describe_dataset_change(out: Path, manifest: Manifest, task: TaskData) -> str:
+    changes = []
+    for name, split in task.splits.items():
+        cached = manifest.splits[name]
+        if cached.fingerprint == split.fingerprint:
+            continue
+        if cached.rows != split.rows:
+            changes.append(f"split '{name}' has {split.rows} rows, the cache {cached.rows}")
+            continue
+        old = _cached_row_digests(out, manifest, name)
+        differing = [i for i, (a, b) in enumerate(zip(old, split.row_digests)) if a != b]
+        changes.append(f"split '{name}' differs in {len(differing)} of {split.rows} rows (first: sample {differing[0]})"
+                       if differing else f"split '{name}' differs")
+    return (f"the dataset differs from the one the cache in {out} was built from ({'; '.join(changes)}); "
+            "build into a new --out, or use the original data.")
+
+
+def _cached_row_digests(out: Path, manifest: Manifest, split: str) -> list[bytes]:
+    digests = []
+    for record in manifest.shards_of(split, None):
+        table = parse_shard(read_verified_bytes(out, record))
+        labels = [manifest.label_names[i] if i is not None else None for i in table.column("label").to_pylist()]
+        pairs = table.column("text_pair").to_pylist() if "text_pair" in table.column_names else None
+        digests += row_digests(table.column("text").to_pylist(), pairs, labels)
+    return digests
+
+
+def _teacher_record(teacher: ResolvedTeacher, runner: RunnerConfig, dtype: torch.dtype | None,
+                    device: torch.device) -> TeacherRecord:
+    return TeacherRecord(
+        name=teacher.spec.name, source=teacher.spec.source, backend=runner.backend, revision=teacher.revision,
+        weights_sha256=teacher.weights_sha256, tokenizer_sha256=teacher.tokenizer_sha256,
+        dtype=teacher.file_dtype or dtype_name(dtype),
+        max_length=runner.max_length, model_label_names=list(teacher.model_label_names),
+        label_mapping=list(teacher.label_mapping), device=device.type,
+    )
+
+
+def _check_identities(manifest: Manifest, records: dict[str, TeacherRecord]) -> None:
+    for name, record in records.items():
+        cached = manifest.teachers.get(name)
+        if cached is None:
+            continue
+        differences = cached.differences(record)
+        if differences:
+            listed = "; ".join(f"{f}: cached {old!r}, now {new!r}" for f, old, new in differences)
+            raise CacheMismatchError(
+                f"teacher '{name}' is not the one the cache was built with ({listed}); give it a new name to add it "
+                "as another teacher, or build into a new --out."
+            )
+
+
+def _row_ranges(rows: int, shard_rows: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_rows, rows)) for start in range(0, rows, shard_rows)]
+
+
+def _missing(out: Path, manifest: Manifest, split: str, teacher: str | None, report: BuildReport) -> list[tuple[int, int]]:
+    missing = []
+    for start, end in _row_ranges(manifest.splits[split].rows, manifest.shard_rows):
+        record = manifest.shard(split, teacher, start)
+        if record is not None and record.row_end == end and shard_is_intact(out, record):
+            report.shards_reused += 1
+        else:
+            missing.append((start, end))
+    return missing
+
+
+def _write_inputs(out: Path, task: TaskData, manifest: Manifest, committer: ShardCommitter,
+                  report: BuildReport) -> None:
+    for name, split in task.splits.items():
+        schema = inputs_schema(split.text_pairs is not None)
+        for start, end in _missing(out, manifest, name, None, report):
+            pairs = split.text_pairs[start:end] if split.text_pairs is not None else None
+            table = inputs_table(np.arange(start, end), split.texts[start:end], pairs, split.labels[start:end])
+            record = ShardRecord(inputs_path(name, start, end), name, None, start, end, end - start, 0, "")
+            committer.submit(record, table, schema)
+            report.shards_written += 1
+
+
+def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: ShardCommitter,
+                   teachers: list[ResolvedTeacher], records: dict[str, TeacherRecord], config: BuildConfig,
+                   device: torch.device, dtype: torch.dtype, events: ProgressEvents, report: BuildReport,
+                   context: DistributedContext = DistributedContext()) -> None:
+    batch_tokens = config.runner.batch_tokens or default_batch_tokens(config.runner.backend, device)
+    schema = outputs_schema(len(task.label_names), manifest.logits_dtype)
+    # Planned before any output is written, so every rank plans from the same committed manifest.
+    missing = {t.spec.name: {split: _missing(out, manifest, split, t.spec.name, report) for split in task.splits}
+               for t in teachers}
+    groups: dict[str, list[ResolvedTeacher]] = {}
+    for teacher in teachers:
+        groups.setdefault(teacher.tokenizer_sha256, []).append(teacher)
+    for members in groups.values():
+        tokenized: dict[str, TokenizedRows] = {}  # one tokenization per split for the whole group
+        shares = _rank_shares(members, missing, task, config, tokenized, context)
+        for teacher in members:
+            name = teacher.spec.name
+            pending = {split: ranges for split, ranges in shares[name].items() if ranges}
+            if not pending:
+                if not any(missing[name].values()):
+                    events.note(f"teacher '{name}': every shard is already in the cache")
+                continue
+            started = time.perf_counter()
+            runner = make_runner(teacher, config.runner, device, dtype, batch_tokens)
+            record = records[name]
+            record.attn_implementation = runner.attn_implementation
+            record.providers = list(runner.providers)
+            for split_name, ranges in pending.items():
+                split = task.splits[split_name]
+                if split_name not in tokenized:
+                    tokenized[split_name] = tokenize_rows(runner.tokenizer, split.texts, split.text_pairs,
+                                                          config.runner.max_length)
+                tokens = tokenized[split_name]
+                record.truncated_rows[split_name] = tokens.truncated_rows
+                events.task(f"{name} · {split_name}", sum(end - start for start, end in ranges))
+                for start, end in ranges:
+                    logits = run_rows(runner, tokens, start, end, batch_tokens, events)
+                    _check_finite(logits, name, split_name, start)
+                    mapped = logits[:, list(teacher.label_mapping)]
+                    table = outputs_table(np.arange(start, end), mapped, mapped.argmax(axis=1), manifest.logits_dtype)
+                    shard = ShardRecord(outputs_path(name, split_name, start, end), split_name, name, start, end,
+                                        end - start, 0, "")
+                    committer.submit(shard, table, schema, dataclasses.replace(record, truncated_rows=dict(record.truncated_rows)))
+                    report.shards_written += 1
+                    report.rows_computed[name] = report.rows_computed.get(name, 0) + end - start
+            committer.wait()
+            del runner
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            report.stage_seconds[f"teacher {name}"] = time.perf_counter() - started
+
+
+def _rank_shares(members: list[ResolvedTeacher], missing: dict[str, dict[str, list[tuple[int, int]]]],
+                 task: TaskData, config: BuildConfig, tokenized: dict[str, TokenizedRows],
+                 context: DistributedContext) -> dict[str, dict[str, list[tuple[int, int]]]]:
+    """This rank's missing shards of a tokenizer group: all of them alone, a token-balanced part under torchrun."""
+    if not context.active:
+        return {t.spec.name: missing[t.spec.name] for t in members}
+    items = [(t.spec.name, split, rows) for t in members for split, ranges in missing[t.spec.name].items()
+             for rows in ranges]
+    for split in dict.fromkeys(split for _, split, _ in items):
+        if split not in tokenized:
+            tokenized[split] = tokenize_rows(_load_tokenizer(members[0]), task.splits[split].texts,
+                                             task.splits[split].text_pairs, config.runner.max_length)
+    costs = [int(tokenized[split].lengths[start:end].sum()) for _, split, (start, end) in items]
+    mine = balanced_assignment(costs, context.world_size)[context.rank]
+    shares: dict[str, dict[str, list[tuple[int, int]]]] = {t.spec.name: {} for t in members}
+    for index in mine:
+        name, split, rows = items[index]
+        shares[name].setdefault(split, []).append(rows)
+    return shares
+
+
+def _load_tokenizer(teacher: ResolvedTeacher):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(teacher.directory)
+
+
+def _check_finite(logits: np.ndarray, teacher: str, split: str, row_start: int) -> None:
+    bad = np.flatnonzero(~np.isfinite(logits).all(axis=1)) + row_start
+    if len(bad):
+        shown = ", ".join(map(str, bad[:_MAX_IDS_NAMED].tolist())) + (" …" if len(bad) > _MAX_IDS_NAMED else "")
+        raise TeacherError(
+            f"teacher '{teacher}' gave NaN or infinite logits on split '{split}' for {len(bad)} sample(s) "
+            f"(sample ids {shown}); check the checkpoint, or try --dtype float32 if half precision overflowed."
+        )

@@ -1,0 +1,181 @@
+"""Teachers: where their files are, what they are (identity), how their labels map, how they run.
+
+A teacher is named on the command line as NAME=SOURCE, where SOURCE is a local directory saved with
+`save_pretrained`, a hub id (optionally `id@revision`), or an .onnx file with its tokenizer beside it
+(the onnx backend). Hub ids are resolved to a local snapshot first, so everything below works on files:
+the identity recorded in the manifest is a hash of those files, not of a name that can silently change
+meaning (RELIABILITY.md: torchdistill's counter-example).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mtkd_cache.errors import ConfigError, LabelSpaceError, TeacherError
+from mtkd_cache.hashing import sha256_files
+from mtkd_cache.layout import validate_name
+from mtkd_cache.runners.model_files import TOKENIZER_FILES, config_label_names, onnx_label_names, read_onnx_info, weight_files
+
+_GENERIC_LABEL = re.compile(r"^LABEL_(\d+)$")
+ONNX_SUFFIX = ".onnx"
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A teacher as the user named it; `label_map` renames teacher labels to dataset labels."""
+
+    name: str
+    source: str
+    label_map: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, argument: str) -> TeacherSpec:
+        name, sep, source = argument.partition("=")
+        if not sep or not name or not source:
+            raise ConfigError(f"--teacher '{argument}' must look like NAME=SOURCE, e.g. bert=./teachers/bert.")
+        validate_name(name, "teacher")
+        return cls(name=name, source=source)
+
+
+def parse_label_map(argument: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """`NAME:TEACHER_LABEL=DATASET_LABEL,...` -> (teacher name, pairs)."""
+    name, sep, body = argument.partition(":")
+    pairs = [item.partition("=") for item in body.split(",") if item]
+    if not sep or not pairs or any(not p[1] or not p[0] or not p[2] for p in pairs):
+        raise ConfigError(
+            f"--label-map '{argument}' must look like NAME:TEACHER_LABEL=DATASET_LABEL,..., e.g. bert:POS=positive,NEG=negative."
+        )
+    return name, tuple((p[0], p[2]) for p in pairs)
+
+
+@dataclass(frozen=True)
+class ResolvedTeacher:
+    """A teacher's files and identity, as recorded in the manifest."""
+
+    spec: TeacherSpec
+    directory: Path
+    revision: str | None
+    weights_sha256: str
+    tokenizer_sha256: str
+    model_label_names: tuple[str, ...]
+    label_mapping: tuple[int, ...]  # for dataset class c, the model's output index
+    model_file: Path | None = None  # the .onnx file of an ONNX teacher; None for a checkpoint directory
+    file_dtype: str | None = None  # the precision an ONNX file was exported in (it runs as it is)
+
+
+def resolve_teacher(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> ResolvedTeacher:
+    if spec.source.endswith(ONNX_SUFFIX):
+        return _resolve_onnx(spec, dataset_label_names)
+    directory, revision = _local_files(spec)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise TeacherError(f"teacher '{spec.name}': {directory} has no config.json; is it a save_pretrained directory?")
+    config = json.loads(config_path.read_text())
+    model_labels = config_label_names(config, spec.name)
+    weights = weight_files(directory)
+    if not weights:
+        raise TeacherError(f"teacher '{spec.name}': {directory} has no weights (*.safetensors or *.bin).")
+    tokenizer_files = [f for f in TOKENIZER_FILES if (directory / f).exists()]
+    if not tokenizer_files:
+        raise TeacherError(f"teacher '{spec.name}': {directory} has no tokenizer files; save the tokenizer beside the model.")
+    return ResolvedTeacher(
+        spec=spec,
+        directory=directory,
+        revision=revision,
+        weights_sha256=sha256_files(directory, ["config.json", *weights]),
+        tokenizer_sha256=sha256_files(directory, tokenizer_files),
+        model_label_names=model_labels,
+        label_mapping=map_labels(spec.name, model_labels, dataset_label_names, dict(spec.label_map)),
+    )
+
+
+def _resolve_onnx(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> ResolvedTeacher:
+    path = Path(spec.source).expanduser().resolve()
+    info = read_onnx_info(path)
+    directory = path.parent
+    tokenizer_files = [f for f in TOKENIZER_FILES if (directory / f).exists()]
+    if not tokenizer_files:
+        raise TeacherError(f"teacher '{spec.name}': no tokenizer files beside {path}; `mtkd-cache export` saves them "
+                           "there, or save the model's tokenizer into that directory.")
+    model_labels = onnx_label_names(info)
+    return ResolvedTeacher(
+        spec=spec,
+        directory=directory,
+        revision=None,
+        # The graph and its external weight files are the model; config.json (if any) only names labels,
+        # and those are compared through label_mapping.
+        weights_sha256=sha256_files(directory, [path.name, *info.data_files]),
+        tokenizer_sha256=sha256_files(directory, tokenizer_files),
+        model_label_names=model_labels,
+        label_mapping=map_labels(spec.name, model_labels, dataset_label_names, dict(spec.label_map)),
+        model_file=path,
+        file_dtype=info.dtype,
+    )
+
+
+def _local_files(spec: TeacherSpec) -> tuple[Path, str | None]:
+    path = Path(spec.source).expanduser()
+    if path.is_dir():
+        # A path inside the hub cache (…/snapshots/<commit>) still carries its revision.
+        revision = path.name if path.parent.name == "snapshots" else None
+        return path.resolve(), revision
+    if spec.source.startswith((".", "/", "~")) or path.exists():
+        raise TeacherError(f"teacher '{spec.name}': {spec.source} is not a directory; pass a save_pretrained directory or a hub id.")
+    repo_id, _, revision = spec.source.partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            repo_id=repo_id,
+            revision=revision or None,
+            allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "*.bin"],
+            ignore_patterns=["*onnx*", "*.h5", "*.msgpack", "*.ot", "*training_args*"],
+        )
+    except Exception as error:
+        raise TeacherError(
+            f"teacher '{spec.name}': cannot get {spec.source} from the hub ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); check the id and network, or pass a local directory."
+        ) from error
+    return Path(local), Path(local).name
+
+
+def map_labels(name: str, model_labels: tuple[str, ...], dataset_labels: tuple[str, ...],
+               explicit: dict[str, str]) -> tuple[int, ...]:
+    """For each dataset class, the index of the teacher output that predicts it.
+
+    Labels are matched by name, after applying `explicit` (--label-map). A teacher whose labels are all
+    the generic LABEL_0..LABEL_{K-1} of an un-named head is taken in the dataset's order, since its
+    names carry no meaning to match on.
+    """
+    renamed = tuple(explicit.get(label, label) for label in model_labels)
+    unknown_keys = set(explicit) - set(model_labels)
+    if unknown_keys:
+        raise LabelSpaceError(
+            f"--label-map for teacher '{name}' names {sorted(unknown_keys)}, which the teacher does not predict; "
+            f"its labels are {list(model_labels)}."
+        )
+    if sorted(renamed) == sorted(dataset_labels) and len(set(renamed)) == len(renamed):
+        return tuple(renamed.index(label) for label in dataset_labels)
+    generic = [_GENERIC_LABEL.match(label) for label in model_labels]
+    if not explicit and all(generic) and [int(m.group(1)) for m in generic] == list(range(len(dataset_labels))):
+        return tuple(range(len(dataset_labels)))
+    raise LabelSpaceError(
+        f"teacher '{name}' predicts labels {list(renamed)} but the dataset's labels are {list(dataset_labels)}; "
+        f"map them with --label-map {name}:TEACHER_LABEL=DATASET_LABEL,... or use a teacher trained on these labels."
+    )
+
+
+def check_backend(teacher: ResolvedTeacher, backend: str, dtype: str) -> None:
+    """An .onnx source needs --backend onnx and a checkpoint --backend torch; an ONNX file runs as exported."""
+    name, source = teacher.spec.name, teacher.spec.source
+    if backend == "onnx" and teacher.model_file is None:
+        raise ConfigError(f"teacher '{name}': --backend onnx runs .onnx files, and {source} is not one; export it "
+                          f"with `mtkd-cache export {source} --out {name}/model.onnx`.")
+    if backend == "torch" and teacher.model_file is not None:
+        raise ConfigError(f"teacher '{name}': {source} is an ONNX file; build with --backend onnx.")
+    if teacher.file_dtype is not None and dtype not in ("auto", teacher.file_dtype):
+        raise ConfigError(f"teacher '{name}': {source} was exported in {teacher.file_dtype} and the onnx backend runs "
+                          f"it as it is; drop --dtype {dtype} or export the model in that precision.")

@@ -1,0 +1,1 @@
+"""After training: ONNX export, predictions side by side, and ensembles of students."""

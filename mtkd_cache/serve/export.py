@@ -1,0 +1,254 @@
+"""`export`: a teacher or a distilled student as an ONNX file for serving and for the onnx build backend.
+
+The file takes `input_ids`, `attention_mask` (and `token_type_ids` where the model uses them) of shape
+[batch, sequence], both axes dynamic, and returns `logits` [batch, labels]. The label names go into the
+file's metadata (`label_names`, a JSON list), the tokenizer beside it. After writing, the file is run by
+onnxruntime on sample texts and compared with the torch model: the largest absolute logit difference is
+reported, and an export over the tolerance is marked failed.
+
+The TorchScript exporter is the default, as HF optimum uses it: it exports a small BERT in well under a
+second where the dynamo exporter takes seconds, and it needs `onnx` only. `dynamo=True` selects the newer
+exporter (needs `onnxscript`). A BiLSTM student's packed sequences export with neither, so it is
+exported through an equivalent unpacked formulation, checked by the same parity test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtkd_cache.distill.students import BILSTM_CONFIG, BiLSTMClassifier, load_saved_student
+from mtkd_cache.errors import ConfigError
+from mtkd_cache.layout import PACKAGE_VERSION
+from mtkd_cache.runners.model_files import LABEL_NAMES_KEY, import_optional
+from mtkd_cache.runners.onnx_runner import MODEL_INPUTS, open_session
+
+# Rows of different lengths, so the traced graph sees padding; the repeated one is cut at max_length.
+SAMPLE_TEXTS = (
+    "a",
+    "The match ended in a draw.",
+    "Parliament voted on the new data protection law after a long debate in the senate.",
+    "The company said its new phone chip would ship next year, and shares rose sharply in early trading. " * 12,
+    "The coach praised the team.",
+    "Cloud software sales grew for the third quarter in a row, the firm said on Tuesday.",
+)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model_dir: Path  # a save_pretrained directory or a run's student/ directory (HF or BiLSTM)
+    out: Path  # the .onnx file; the tokenizer is saved into its directory
+    max_length: int = 128  # truncation of the parity texts; the graph itself accepts any length
+    opset: int = 17
+    dynamo: bool = False
+    label_names: tuple[str, ...] | None = None  # for a BiLSTM saved before its config carried them
+    tolerance: float = 1e-4  # largest |torch - onnxruntime| logit difference accepted in float32
+
+
+@dataclass
+class ExportReport:
+    out: Path
+    kind: str  # "hf" or "bilstm"
+    label_names: tuple[str, ...]
+    input_names: tuple[str, ...]
+    max_abs_diff: float
+    parity_rows: int
+    tolerance: float
+    bytes: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+def export_model(config: ExportConfig) -> ExportReport:
+    started = time.perf_counter()
+    onnx = import_optional("onnx")
+    if config.out.suffix != ".onnx" or config.out.is_dir():
+        raise ConfigError(f"--out {config.out} must be a file name ending in .onnx, e.g. {config.out / 'model.onnx'}.")
+    model, tokenizer, kind, label_names = load_model_dir(config.model_dir, config.label_names)
+    if tokenizer.padding_side == "left" and kind == "bilstm":
+        raise ConfigError(f"{config.model_dir}: a BiLSTM student reads right-padded rows; its tokenizer pads left.")
+    input_names = model_input_names(model, tokenizer, kind)
+    if input_names[:2] != ("input_ids", "attention_mask"):
+        raise ConfigError(f"{config.model_dir}: the model does not take input_ids and attention_mask, so it is not a "
+                          "text classifier this export knows.")
+    # References from the model as it is served (SDPA attention), before it is switched for tracing.
+    checks = _parity_batches(model, tokenizer, input_names, config.max_length)
+    if kind == "hf":
+        # Eager attention materializes the padding mask in the graph for any batch; SDPA's mask helpers
+        # may skip it on an unpadded example, and the ORT transformer optimizer recognizes eager attention.
+        model.set_attn_implementation("eager")
+    module = _BiLSTMForExport(model) if kind == "bilstm" else _LogitsOnly(model, input_names)
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = config.out.with_name(f".{config.out.name}.tmp-{os.getpid()}")
+    try:
+        _trace(module.eval(), checks[0][0], input_names, temporary, config)
+        proto = onnx.load(str(temporary), load_external_data=False)
+        for key, value in ((LABEL_NAMES_KEY, json.dumps(list(label_names))), ("exported_by", f"mtkd-cache {PACKAGE_VERSION}"),
+                           ("student_kind", kind)):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(temporary))
+        os.replace(temporary, config.out)
+    finally:
+        temporary.unlink(missing_ok=True)
+    tokenizer.save_pretrained(config.out.parent)
+    max_diff, rows = _parity(config.out, input_names, checks)
+    return ExportReport(out=config.out, kind=kind, label_names=label_names, input_names=input_names,
+                        max_abs_diff=max_diff, parity_rows=rows, tolerance=config.tolerance,
+                        bytes=config.out.stat().st_size, seconds=time.perf_counter() - started)
+
+
+def load_model_dir(directory: Path, label_names: tuple[str, ...] | None = None):
+    """(model in eval mode, tokenizer, kind "hf" or "bilstm", label names) of a saved teacher or student."""
+    if not directory.is_dir():
+        problem = "is not a directory" if directory.exists() else "does not exist"
+        raise ConfigError(f"{directory} {problem}; pass a save_pretrained directory or a run's student/ directory.")
+    if not (directory / "config.json").exists() and not (directory / BILSTM_CONFIG).exists():
+        raise ConfigError(f"{directory} holds no model (no config.json or {BILSTM_CONFIG}); pass a save_pretrained "
+                          "directory or a run's student/ directory.")
+    try:
+        model, tokenizer = load_saved_student(directory)
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"cannot load the model in {directory}: {str(error).splitlines()[0]}") from error
+    model.eval()
+    kind = "bilstm" if isinstance(model, BiLSTMClassifier) else "hf"
+    return model, tokenizer, kind, model_label_names(model, directory, label_names)
+
+
+def model_label_names(model, directory: Path, given: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Output names in class order: given ones win, then the model's own; a model without any is refused."""
+    count = model.config.num_labels
+    if given:
+        if len(given) != count:
+            raise ConfigError(f"--label-names gives {len(given)} names but {directory} predicts {count} classes.")
+        return tuple(given)
+    if isinstance(model, BiLSTMClassifier):
+        if model.config.label_names:
+            return tuple(model.config.label_names)
+        raise ConfigError(f"{directory} is a BiLSTM saved without label names; pass --label-names with its {count} "
+                          "labels in class order.")
+    id2label = model.config.id2label or {}
+    return tuple(str(id2label.get(i, f"LABEL_{i}")) for i in range(count))
+
+
+def model_input_names(model, tokenizer, kind: str) -> tuple[str, ...]:
+    if kind == "bilstm":
+        return ("input_ids", "attention_mask")
+    import inspect
+
+    accepted = inspect.signature(model.forward).parameters
+    emitted = set(tokenizer.model_input_names)
+    return tuple(n for n in MODEL_INPUTS if n in accepted and (n in emitted or n != "token_type_ids"))
+
+
+def _encode(tokenizer, texts, input_names: tuple[str, ...], max_length: int) -> dict[str, torch.Tensor]:
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {n: batch[n] if n in batch else torch.zeros_like(batch["input_ids"]) for n in input_names}
+
+
+def _call(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**inputs).logits.float()
+
+
+class _LogitsOnly(nn.Module):
+    """Positional inputs in a fixed order and a bare logits tensor: what an ONNX graph's signature is."""
+
+    def __init__(self, model: nn.Module, input_names: tuple[str, ...]):
+        super().__init__()
+        self.model, self.input_names = model, input_names
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return self.model(**{n: given[n] for n in self.input_names}).logits
+
+
+class _BiLSTMForExport(nn.Module):
+    """BiLSTMClassifier without packed sequences, same weights and same logits on right-padded rows.
+
+    Packing only makes each direction stop at a row's last real token. Unpacked: the forward direction
+    runs over the padded row and is read at position length-1; the backward direction runs over the row
+    reversed within its length (padding stays at the end), so its final state has seen exactly the real
+    tokens. Deeper layers get both directions' outputs at the real positions, as with packing.
+    """
+
+    def __init__(self, model: BiLSTMClassifier):
+        super().__init__()
+        self.embedding, self.head = model.embedding, model.head
+        lstm = model.lstm
+        self.directions = nn.ModuleList()
+        for layer in range(lstm.num_layers):
+            for suffix in ("", "_reverse"):
+                single = nn.LSTM(lstm.input_size if layer == 0 else 2 * lstm.hidden_size, lstm.hidden_size,
+                                 batch_first=True)
+                for weight in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    setattr(single, f"{weight}_l0", getattr(lstm, f"{weight}_l{layer}{suffix}"))
+                self.directions.append(single)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        lengths = attention_mask.sum(dim=1).clamp(min=1).unsqueeze(1)  # [B, 1]
+        steps = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)  # [1, S]
+        reverse = torch.where(steps < lengths, lengths - 1 - steps, steps)  # [B, S], its own inverse
+        x = self.embedding(input_ids)
+        for layer in range(len(self.directions) // 2):
+            forward_out, _ = self.directions[2 * layer](x)
+            index = reverse.unsqueeze(2).expand(-1, -1, x.shape[2])
+            backward_reversed, _ = self.directions[2 * layer + 1](torch.gather(x, 1, index))
+            index = reverse.unsqueeze(2).expand(-1, -1, backward_reversed.shape[2])
+            x = torch.cat([forward_out, torch.gather(backward_reversed, 1, index)], dim=2)
+        hidden = x.shape[2] // 2
+        last = (lengths - 1).unsqueeze(2).expand(-1, 1, hidden)  # [B, 1, H]
+        final_forward = torch.gather(x[:, :, :hidden], 1, last).squeeze(1)
+        final_backward = x[:, 0, hidden:]  # the backward direction ends at the first token
+        return self.head(torch.cat([final_forward, final_backward], dim=1))
+
+
+def _trace(module: nn.Module, samples: dict[str, torch.Tensor], input_names: tuple[str, ...], path: Path,
+           config: ExportConfig) -> None:
+    args = tuple(samples[n] for n in input_names)
+    with warnings.catch_warnings():
+        # Tracer notices about Python-level shape checks: the parity check below is what proves the graph.
+        warnings.simplefilter("ignore")
+        if config.dynamo:
+            import_optional("onnxscript")
+            batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+            torch.onnx.export(module, args, str(path), input_names=list(input_names), output_names=["logits"],
+                              opset_version=max(config.opset, 18), dynamo=True, external_data=False, verbose=False,
+                              dynamic_shapes=tuple({0: batch, 1: sequence} for _ in input_names))
+        else:
+            axes = {n: {0: "batch", 1: "sequence"} for n in input_names} | {"logits": {0: "batch"}}
+            torch.onnx.export(module, args, str(path), input_names=list(input_names), output_names=["logits"],
+                              dynamic_axes=axes, opset_version=config.opset, dynamo=False)
+
+
+def _parity_batches(model, tokenizer, input_names: tuple[str, ...], max_length: int) -> list[tuple[dict, np.ndarray]]:
+    """(inputs, torch logits) for the traced batch, one unpadded row and a larger, differently padded batch;
+    the first is the tracing example."""
+    checks = []
+    for texts in (SAMPLE_TEXTS, SAMPLE_TEXTS[1:2], SAMPLE_TEXTS[2::2] * 3):
+        encoded = _encode(tokenizer, texts, input_names, max_length)
+        with torch.inference_mode():
+            checks.append((encoded, _call(model, encoded).numpy()))
+    return checks
+
+
+def _parity(path: Path, input_names: tuple[str, ...], checks: list[tuple[dict, np.ndarray]]) -> tuple[float, int]:
+    """Largest |torch - onnxruntime| logit over the check batches, run by a fresh CPU session."""
+    session, _ = open_session(path, torch.device("cpu"))
+    worst, rows = 0.0, 0
+    for inputs, reference in checks:
+        got = session.run(["logits"], {n: inputs[n].numpy() for n in input_names})[0]
+        worst = max(worst, float(np.abs(got.astype(np.float32) - reference).max()))
+        rows += len(reference)
+    return worst, rows
