@@ -18,3 +18,9 @@ _NAME_PATTERN = re.compile(rf"^{NAME}$")
 def validate_name(name: str, what: str) -> None:
     if not _NAME_PATTERN.match(name):
         raise ConfigError(f"{what} name '{name}' may hold only letters, digits, '_', '.' and '-'.")
+
+
+# --- CACHE/: the cache directory (owned by the cache stage; DESIGN.md "The cache") ---------------------
+
+
+# --- RUN/: a distill, finetune or sweep run directory (owned by the distill and report stages) ---------
