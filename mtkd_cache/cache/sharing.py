@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Protocol
 
 from mtkd_cache.cache.lock import CacheLock
-from mtkd_cache.cache.manifest import MANIFEST_NAME, Manifest, ShardRecord, load_manifest, parse_manifest
+from mtkd_cache.cache.manifest import Manifest, ShardRecord, load_manifest, parse_manifest
 from mtkd_cache.cache.shards import read_verified_bytes, shard_is_intact, write_bytes_atomically
 from mtkd_cache.errors import CacheFormatError, CacheIntegrityError, CacheMismatchError, ConfigError
 from mtkd_cache.hashing import sha256_bytes
-from mtkd_cache.layout import validate_name
+from mtkd_cache.layout import MANIFEST_NAME, OUTPUTS_DIR, validate_name
 
 
 class TransferEvents(Protocol):
@@ -122,7 +122,7 @@ def combine(base: Manifest, addition: Manifest, where: str, renames: dict[str, s
         shard = copy.deepcopy(record)
         if shard.teacher is not None and shard.teacher in renames:
             shard.teacher = renames[shard.teacher]
-            shard.path = shard.path.replace(f"outputs/{record.teacher}/", f"outputs/{shard.teacher}/", 1)
+            shard.path = shard.path.replace(f"{OUTPUTS_DIR}/{record.teacher}/", f"{OUTPUTS_DIR}/{shard.teacher}/", 1)
         if merged.shard(shard.split, shard.teacher, shard.row_start) is None:
             merged.put_shard(shard)
     return merged
