@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mtkd_cache import ConfigError
-from mtkd_cache.cache.sharing import TransferReport
+from mtkd_cache.cache.sharing import TransferReport, parse_renames
 from mtkd_cache.cache.sharing import merge as merge_caches
 from mtkd_cache.cache.sharing import pull as pull_cache
 from mtkd_cache.cache.sharing import push as push_cache
@@ -61,13 +60,6 @@ def merge(
     config: ConfigFile = None,
 ) -> None:
     """Join caches built separately on the same dataset fingerprint and labels into one."""
-    renames: dict[int, dict[str, str]] = {}
-    for item in rename or []:
-        position, _, pair = item.partition(":")
-        old, _, new = pair.partition("=")
-        if not position.isdigit() or not old or not new or not 1 <= int(position) <= len(caches):
-            raise ConfigError(f"--rename '{item}' must look like N:OLD=NEW with N between 1 and {len(caches)}.")
-        renames.setdefault(int(position) - 1, {})[old] = new
-    report = merge_caches(caches, out, renames)
+    report = merge_caches(caches, out, parse_renames(rename or [], len(caches)))
     stdout.print(f"merged {len(caches)} caches into {out}: {report.shards} shards, teachers "
                  + ", ".join(f"{name} (from {source})" for name, source in report.teachers.items()))

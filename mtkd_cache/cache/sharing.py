@@ -243,6 +243,18 @@ def _write_remote_manifest(fs, root: str, manifest: Manifest) -> None:
         fs.pipe_file(_join(root, MANIFEST_NAME), data)  # one PUT: object stores replace an object atomically
 
 
+def parse_renames(items: list[str], caches: int) -> dict[int, dict[str, str]]:
+    """`--rename N:OLD=NEW` arguments as {cache index (0-based): {old name: new name}}."""
+    renames: dict[int, dict[str, str]] = {}
+    for item in items:
+        position, _, pair = item.partition(":")
+        old, _, new = pair.partition("=")
+        if not position.isdigit() or not old or not new or not 1 <= int(position) <= caches:
+            raise ConfigError(f"--rename '{item}' must look like N:OLD=NEW with N between 1 and {caches}.")
+        renames.setdefault(int(position) - 1, {})[old] = new
+    return renames
+
+
 def merge(cache_dirs: list[Path], out: Path, renames: dict[int, dict[str, str]] | None = None) -> MergeReport:
     """Join caches of the same dataset into `out`; `renames[i]` renames teachers of the i-th cache (0-based)."""
     if len(cache_dirs) < 2:
