@@ -113,7 +113,7 @@ def verify(cache: Annotated[Path, typer.Argument(help="Cache directory.")], conf
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory for the prepared data, teachers, cache and runs.")] = Path("demo-out"),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, from_config(RunnerConfig, "device", help="auto (CUDA when present), cpu or cuda[:N], for the teachers, the cache and the students.")] = RunnerConfig.device,
     per_class: Annotated[int | None, typer.Option(help="Use at most this many articles per topic (a quick run).")] = None,
     config: ConfigFile = None,
 ) -> None:

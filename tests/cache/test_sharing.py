@@ -37,8 +37,9 @@ from helpers.faults import (
     subprocess_env,
 )
 from mtkd_cache import CacheFormatError, CacheIntegrityError, CacheMismatchError, open_cache, verify_cache
-from mtkd_cache.cache.manifest import MANIFEST_NAME, load_manifest
+from mtkd_cache.cache.manifest import load_manifest
 from mtkd_cache.cache.sharing import TransferReport, merge, pull, push, read_remote_manifest
+from mtkd_cache.layout import MANIFEST_NAME
 from mtkd_cache_cli.app import app
 
 runner = CliRunner()

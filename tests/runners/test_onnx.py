@@ -26,9 +26,10 @@ from mtkd_cache import (
     build_cache,
     open_cache,
 )
-from mtkd_cache.cache.manifest import MANIFEST_NAME, load_manifest
+from mtkd_cache.cache.manifest import load_manifest
 from mtkd_cache.distill.students import BILSTM_CONFIG, build_student
 from mtkd_cache.hashing import sha256_files
+from mtkd_cache.layout import MANIFEST_NAME
 from mtkd_cache.runners.onnx_runner import open_session
 from mtkd_cache.serve.export import ExportConfig, export_model
 from mtkd_cache.serve.predict import display_names, load_classifiers, predict
