@@ -1,6 +1,6 @@
 """Parquet shards: their schemas, atomic writes and checksum-verified reads.
 
-Two kinds of shard, both keyed by `sample_id` (the row's position in its split):
+Two kinds of shard, both keyed by `sample_id` (the row's position in its split; paths from layout.py):
   inputs/<split>/rows-<start>-<end>.parquet           sample_id, text, [text_pair], label (class index or null)
   outputs/<teacher>/<split>/rows-<start>-<end>.parquet sample_id, logits (fixed_size_list<K> of float16|float32), pred
 
@@ -27,8 +27,7 @@ from mtkd_cache.atomic import write_atomically
 from mtkd_cache.cache.manifest import ShardRecord
 from mtkd_cache.errors import CacheFormatError, CacheIntegrityError
 from mtkd_cache.hashing import sha256_bytes
-from mtkd_cache.layout import inputs_path as inputs_path  # re-exported: benchmarks/bench_cache_io.py imports it here
-from mtkd_cache.layout import outputs_path as outputs_path
+from mtkd_cache.layout import outputs_path as outputs_path  # re-exported for benchmarks/bench_cache_io.py only
 
 
 class LogitsDType(str, Enum):
@@ -42,6 +41,7 @@ class LogitsDType(str, Enum):
 
 
 LOGITS_DTYPES = tuple(d.value for d in LogitsDType)
+
 # BYTE_STREAM_SPLIT must name the leaf path; pyarrow silently ignores the plain column name "logits".
 # Sample ids are consecutive (delta encoding stores them in a few bytes); predictions repeat (dictionary).
 _WRITE_OPTIONS = {"compression": "zstd", "use_dictionary": ["pred"], "write_statistics": ["sample_id"]}

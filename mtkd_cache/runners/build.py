@@ -67,8 +67,8 @@ class BuildConfig:
 
     dataset: DatasetSpec
     teachers: tuple[TeacherSpec, ...] = field(metadata={"help": (
-        "NAME=SOURCE: a save_pretrained directory or hub id[@revision] (torch backend), or an .onnx file with its "
-        "tokenizer beside it (onnx backend). Repeat for several teachers.")})
+        "NAME=SOURCE: a save_pretrained directory or a hub id, optionally id@revision (torch backend), or an .onnx "
+        "file with its tokenizer beside it (onnx backend). Repeat for several teachers.")})
     out: Path = field(metadata={"help": "Cache directory to create or resume."})
     runner: RunnerConfig = RunnerConfig()
     logits_dtype: LogitsDType = field(default=LogitsDType.FLOAT16, metadata={

@@ -213,3 +213,22 @@ def test_a_closed_set_option_names_every_choice_in_one_line(assets, tmp_path, fl
                                  "--out", str(tmp_path / "cache"), flag, value])
     assert_user_error(result, message)
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_one_progress_adapter_draws_rows_and_bytes():
+    import io
+
+    from rich.console import Console
+
+    from mtkd_cache_cli.progress import ProgressEvents
+
+    console = Console(file=io.StringIO(), width=160, force_terminal=False)
+    with ProgressEvents(console) as events:
+        events.task("bert · train", 40)
+        events.advance(40)
+        events.task("push → s3://bucket/cache", 3_000_000, unit="bytes")
+        events.advance(1_500_000)
+        events.note("kept 2 shard(s)")
+    drawn = console.file.getvalue()
+    assert "bert · train" in drawn and "40/40" in drawn
+    assert "push → s3://bucket/cache" in drawn and "1.5/3.0 MB" in drawn and "kept 2 shard(s)" in drawn
