@@ -31,8 +31,6 @@ class DType(str, Enum):
         return self.value
 
 
-DTYPES = tuple(d.value for d in DType)
-
 
 def choice(enum: type[Enum], value: object, flag: str) -> Enum:
     """`value` (a member or its string) as a member of `enum`; a one-line ConfigError naming `flag` otherwise."""

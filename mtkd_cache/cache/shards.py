@@ -40,8 +40,6 @@ class LogitsDType(str, Enum):
         return self.value
 
 
-LOGITS_DTYPES = tuple(d.value for d in LogitsDType)
-
 # BYTE_STREAM_SPLIT must name the leaf path; pyarrow silently ignores the plain column name "logits".
 # Sample ids are consecutive (delta encoding stores them in a few bytes); predictions repeat (dictionary).
 _WRITE_OPTIONS = {"compression": "zstd", "use_dictionary": ["pred"], "write_statistics": ["sample_id"]}

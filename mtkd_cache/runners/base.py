@@ -32,8 +32,6 @@ class Backend(str, Enum):
         return self.value
 
 
-BACKENDS = tuple(b.value for b in Backend)
-
 
 @dataclass(frozen=True)
 class RunnerConfig:
