@@ -14,74 +14,52 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mtkd_cache import (
-    BuildConfig,
-    CacheFormatError,
-    DatasetSpec,
-    MtkdError,
-    RunnerConfig,
-    TeacherSpec,
-    build_cache,
-    summarize,
-    verify_cache,
-)
-from mtkd_cache.runners.teachers import parse_label_map
+from mtkd_cache import BuildConfig, DatasetSpec, RunnerConfig, build_cache, summarize, verify_cache
+from mtkd_cache.runners.teachers import parse_teachers
 
 from .common import app, quiet_console, split_list, stdout, user_errors
+from .options import ConfigFile, from_config
 from .progress import ProgressEvents, stderr
 
 
 @app.command()
 @user_errors
 def build(
-    dataset: Annotated[str, typer.Option(help="Hub id, a data file (.csv/.jsonl/.parquet), a directory of split files (train.csv, test.jsonl, …), or a save_to_disk directory.")],
-    teacher: Annotated[list[str], typer.Option(help="NAME=SOURCE: a save_pretrained directory or hub id[@revision] (torch backend), or an .onnx file with its tokenizer beside it (onnx backend). Repeat for several teachers.")],
-    out: Annotated[Path, typer.Option(help="Cache directory to create or resume.")],
-    dataset_config: Annotated[str | None, typer.Option(help="Config name of a hub dataset.")] = None,
-    text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
-    text_pair_column: Annotated[str | None, typer.Option(help="Column holding the second text of sentence-pair tasks (NLI).")] = None,
-    label_column: Annotated[str, typer.Option(help="Column holding the label (ClassLabel ids or strings); a split without it is cached unlabeled.")] = "label",
-    label_names: Annotated[str | None, typer.Option(help="Comma-separated label names in class-id order, when the data's own are missing or unordered.")] = None,
-    splits: Annotated[str | None, typer.Option(help="Comma-separated splits to cache; default: every split of the dataset.")] = None,
+    dataset: Annotated[str, from_config(DatasetSpec, "source", "--dataset")],
+    teacher: Annotated[list[str], from_config(BuildConfig, "teachers", "--teacher")],
+    out: Annotated[Path, from_config(BuildConfig, "out")],
+    dataset_config: Annotated[str | None, from_config(DatasetSpec, "config_name")] = DatasetSpec.config_name,
+    text_column: Annotated[str, from_config(DatasetSpec, "text_column")] = DatasetSpec.text_column,
+    text_pair_column: Annotated[str | None, from_config(DatasetSpec, "text_pair_column")] = DatasetSpec.text_pair_column,
+    label_column: Annotated[str, from_config(DatasetSpec, "label_column")] = DatasetSpec.label_column,
+    label_names: Annotated[str | None, from_config(DatasetSpec, "label_names")] = None,
+    splits: Annotated[str | None, from_config(DatasetSpec, "splits")] = None,
     label_map: Annotated[list[str] | None, typer.Option(help="NAME:TEACHER_LABEL=DATASET_LABEL,… for a teacher whose label names differ from the dataset's.")] = None,
-    backend: Annotated[str, typer.Option(help="Teacher runtime: torch (checkpoint directories) or onnx (.onnx files from `export`, run by onnxruntime).")] = "torch",
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda[:N]. CUDA asked for but missing is an error.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16/fp16 on CUDA, fp32 on CPU), float32, float16 or bfloat16.")] = "auto",
-    max_length: Annotated[int, typer.Option(help="Tokens per text (pair) before truncation; truncations are counted.")] = 128,
-    batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per batch; default 4096 on CPU (2048 with --backend onnx), 32768 on CUDA.")] = None,
-    logits_dtype: Annotated[str, typer.Option(help="Stored logit precision: float16 or float32.")] = "float16",
-    tensorrt: Annotated[bool, typer.Option(help="--backend onnx on CUDA: TensorRT's provider first (needs TensorRT; slow first build, engines cached).")] = False,
-    shard_rows: Annotated[int, typer.Option(help="Rows per shard; a crash loses at most one shard per teacher.")] = 8192,
+    backend: Annotated[str, from_config(RunnerConfig, "backend", metavar="[torch|onnx]")] = RunnerConfig.backend,
+    device: Annotated[str, from_config(RunnerConfig, "device")] = RunnerConfig.device,
+    dtype: Annotated[str, from_config(RunnerConfig, "dtype", metavar="[auto|float32|float16|bfloat16]")] = RunnerConfig.dtype,
+    max_length: Annotated[int, from_config(RunnerConfig, "max_length")] = RunnerConfig.max_length,
+    batch_tokens: Annotated[int | None, from_config(RunnerConfig, "batch_tokens")] = RunnerConfig.batch_tokens,
+    logits_dtype: Annotated[str, from_config(BuildConfig, "logits_dtype", metavar="[float16|float32]")] = BuildConfig.logits_dtype,
+    tensorrt: Annotated[bool, from_config(RunnerConfig, "tensorrt")] = RunnerConfig.tensorrt,
+    shard_rows: Annotated[int, from_config(BuildConfig, "shard_rows")] = BuildConfig.shard_rows,
+    config: ConfigFile = None,
 ) -> None:
     """Run every teacher once over the dataset and write (or resume) the teacher-logit cache."""
-    label_maps = dict(parse_label_map(item) for item in label_map or [])
-    teachers = []
-    for argument in teacher:
-        spec = TeacherSpec.parse(argument)
-        teachers.append(dataclasses.replace(spec, label_map=label_maps.pop(spec.name, ())))
-    if label_maps:
-        raise _unknown_label_map(label_maps, teachers)
-    config = BuildConfig(
+    build_config = BuildConfig(
         dataset=DatasetSpec(source=dataset, config_name=dataset_config, text_column=text_column,
                             text_pair_column=text_pair_column, label_column=label_column,
                             splits=split_list(splits), label_names=split_list(label_names)),
-        teachers=tuple(teachers), out=out,
+        teachers=parse_teachers(teacher, label_map), out=out,
         runner=RunnerConfig(backend=backend, device=device, dtype=dtype, max_length=max_length,
                             batch_tokens=batch_tokens, tensorrt=tensorrt),
         logits_dtype=logits_dtype, shard_rows=shard_rows,
     )
     with ProgressEvents() as events:
-        report = build_cache(config, events)
+        report = build_cache(build_config, events)
     stderr.print(f"cache {out}: {report.shards_written} shard(s) written, {report.shards_reused} reused")
     for stage, seconds in report.stage_seconds.items():
         stderr.print(f"  {stage:<24} {seconds:8.1f} s")
-
-
-def _unknown_label_map(label_maps: dict, teachers: list[TeacherSpec]) -> MtkdError:
-    from mtkd_cache import ConfigError
-
-    names = ", ".join(t.name for t in teachers)
-    return ConfigError(f"--label-map names teacher(s) {', '.join(label_maps)} but the teachers are {names}.")
 
 
 @app.command()
@@ -89,9 +67,10 @@ def _unknown_label_map(label_maps: dict, teachers: list[TeacherSpec]) -> MtkdErr
 def info(
     cache: Annotated[str, typer.Argument(help="Cache directory, or a URL a cache was pushed to (s3://…, hf://…).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    config: ConfigFile = None,
 ) -> None:
     """Show a cache's splits, rows, teachers, label names and sizes (from the manifest alone)."""
-    summary = _summary(cache)
+    summary = summarize(cache)
     if as_json:
         print(json.dumps(dataclasses.asdict(summary), indent=2))
         return
@@ -112,21 +91,9 @@ def info(
                  f"{summary.logits_bytes_per_sample:.1f} bytes per sample per teacher")
 
 
-def _summary(cache: str):
-    if "://" not in cache:
-        return summarize(Path(cache))
-    from mtkd_cache.cache.sharing import read_remote_manifest
-    from mtkd_cache.cache.verify import summarize_manifest
-
-    manifest = read_remote_manifest(cache)
-    if manifest is None:
-        raise CacheFormatError(f"{cache} holds no manifest.json; is it the URL a cache was pushed to?")
-    return summarize_manifest(manifest, cache)
-
-
 @app.command()
 @user_errors
-def verify(cache: Annotated[Path, typer.Argument(help="Cache directory.")]) -> None:
+def verify(cache: Annotated[Path, typer.Argument(help="Cache directory.")], config: ConfigFile = None) -> None:
     """Re-hash every shard the manifest lists; exit 1 naming each bad file."""
     report = verify_cache(cache)
     for problem in report.problems:
@@ -146,8 +113,9 @@ def verify(cache: Annotated[Path, typer.Argument(help="Cache directory.")]) -> N
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory for the prepared data, teachers, cache and runs.")] = Path("demo-out"),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, from_config(RunnerConfig, "device", help="auto (CUDA when present), cpu or cuda[:N], for the teachers, the cache and the students.")] = RunnerConfig.device,
     per_class: Annotated[int | None, typer.Option(help="Use at most this many articles per topic (a quick run).")] = None,
+    config: ConfigFile = None,
 ) -> None:
     """The whole product on real BBC News text with MiniLM teachers, offline; a second run reuses everything."""
     from mtkd_cache.demo.pipeline import run_demo

@@ -1,4 +1,4 @@
-"""Rich progress bars behind the library's ProgressEvents hooks (rows/s and ETA per teacher and split)."""
+"""Rich progress bars behind the library's ProgressEvents hooks, and the consoles results are printed on."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
+
+from mtkd_cache.progress import BYTES, ROWS
 
 # Wide enough that no result line is ever re-wrapped, short of a line no program would read anyway.
 UNWRAPPED_WIDTH = 10_000
@@ -42,13 +47,40 @@ class ResultConsole(Console):
 stderr = ResultConsole(stderr=True)
 
 
+class _AmountColumn(ProgressColumn):
+    """Done / total as a count of rows, or as sizes for a task in bytes (`unit` field of the task)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows, self._bytes = MofNCompleteColumn(), DownloadColumn()
+
+    def render(self, task: Task) -> Text:
+        return (self._bytes if task.fields.get("unit") == BYTES else self._rows).render(task)
+
+
+class _RateColumn(ProgressColumn):
+    """rows/s, or bytes/s (as kB/s, MB/s…) for a task in bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bytes = TransferSpeedColumn()
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", ROWS)
+        if unit == BYTES:
+            return self._bytes.render(task)
+        return Text(f"{task.speed:,.0f} {unit}/s" if task.speed else "")
+
+
 class ProgressEvents:
+    """The one display of the library's ProgressEvents hooks for every command: a bar per task, with its
+    amount and rate in the task's unit (rows for build, augment and training, bytes for push and pull)."""
+
     def __init__(self, console: Console = stderr):
         self.console = console
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, transient=False,
+            TextColumn("{task.description}"), BarColumn(), _AmountColumn(), _RateColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
         )
         self._task: TaskID | None = None
 
@@ -59,22 +91,12 @@ class ProgressEvents:
     def __exit__(self, *exc_info) -> None:
         self._progress.stop()
 
-    def task(self, description: str, total: int) -> None:
-        self._task = self._progress.add_task(description, total=total, rate="")
+    def task(self, description: str, total: int, unit: str = ROWS) -> None:
+        self._task = self._progress.add_task(description, total=total, unit=unit)
 
     def advance(self, rows: int) -> None:
-        if self._task is None:
-            return
-        self._progress.advance(self._task, rows)
-        speed = self._progress.tasks[self._task].speed
-        if speed:
-            self._progress.update(self._task, rate=f"{speed:,.0f} rows/s")
+        if self._task is not None:
+            self._progress.advance(self._task, rows)
 
     def note(self, message: str) -> None:
         self._progress.console.print(f"[dim]{message}[/dim]")
-
-
-def byte_progress(description: str, console: Console = stderr) -> Progress:
-    """A bar in bytes with bytes/s, for push and pull (the total grows as shards are found missing)."""
-    return Progress(TextColumn(description), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeElapsedColumn(), console=console)

@@ -7,31 +7,19 @@ from typing import Annotated
 
 import typer
 
-from mtkd_cache import ConfigError
-from mtkd_cache.cache.sharing import TransferReport
+from mtkd_cache.cache.sharing import TransferReport, parse_renames
 from mtkd_cache.cache.sharing import merge as merge_caches
 from mtkd_cache.cache.sharing import pull as pull_cache
 from mtkd_cache.cache.sharing import push as push_cache
 
 from .common import app, split_list, stdout, user_errors
-from .progress import byte_progress
+from .options import ConfigFile
+from .progress import ProgressEvents
 
 
-class _BarEvents:
-    def __init__(self, progress, description: str):
-        self.progress = progress
-        self.task = progress.add_task(description, total=None)
-
-    def start(self, total_bytes: int) -> None:
-        self.progress.update(self.task, total=total_bytes)
-
-    def advance(self, moved_bytes: int) -> None:
-        self.progress.advance(self.task, moved_bytes)
-
-
-def _transfer(description: str, run) -> TransferReport:
-    with byte_progress(description) as progress:
-        return run(_BarEvents(progress, description))
+def _transfer(run) -> TransferReport:
+    with ProgressEvents() as events:
+        return run(events)
 
 
 def _print(report: TransferReport, verb: str) -> None:
@@ -45,9 +33,10 @@ def _print(report: TransferReport, verb: str) -> None:
 def push(
     cache: Annotated[Path, typer.Argument(help="Local cache directory.")],
     url: Annotated[str, typer.Argument(help="Destination: a path or fsspec URL (s3://bucket/prefix, hf://datasets/org/repo, gs://…).")],
+    config: ConfigFile = None,
 ) -> None:
     """Send the shards the destination lacks (by sha256), verified on arrival; the manifest goes last."""
-    _print(_transfer(f"push → {url}", lambda events: push_cache(cache, url, events)), "pushed")
+    _print(_transfer(lambda events: push_cache(cache, url, events)), "pushed")
 
 
 @app.command()
@@ -56,9 +45,10 @@ def pull(
     url: Annotated[str, typer.Argument(help="Source: a path or fsspec URL a cache was pushed to.")],
     cache: Annotated[Path, typer.Argument(help="Local cache directory to create or complete.")],
     teachers: Annotated[str | None, typer.Option(help="Comma-separated teachers to fetch; default all.")] = None,
+    config: ConfigFile = None,
 ) -> None:
     """Fetch the shards the local cache lacks (inputs and the chosen teachers), verifying every one."""
-    _print(_transfer(f"pull ← {url}", lambda events: pull_cache(url, cache, split_list(teachers), events)), "pulled")
+    _print(_transfer(lambda events: pull_cache(url, cache, split_list(teachers), events)), "pulled")
 
 
 @app.command()
@@ -67,15 +57,9 @@ def merge(
     caches: Annotated[list[Path], typer.Argument(help="Caches of the same dataset (e.g. one teacher each).")],
     out: Annotated[Path, typer.Option(help="New cache directory to write.")],
     rename: Annotated[list[str] | None, typer.Option(help="N:OLD=NEW renames teacher OLD of the N-th cache (1-based) to NEW.")] = None,
+    config: ConfigFile = None,
 ) -> None:
     """Join caches built separately on the same dataset fingerprint and labels into one."""
-    renames: dict[int, dict[str, str]] = {}
-    for item in rename or []:
-        position, _, pair = item.partition(":")
-        old, _, new = pair.partition("=")
-        if not position.isdigit() or not old or not new or not 1 <= int(position) <= len(caches):
-            raise ConfigError(f"--rename '{item}' must look like N:OLD=NEW with N between 1 and {len(caches)}.")
-        renames.setdefault(int(position) - 1, {})[old] = new
-    report = merge_caches(caches, out, renames)
+    report = merge_caches(caches, out, parse_renames(rename or [], len(caches)))
     stdout.print(f"merged {len(caches)} caches into {out}: {report.shards} shards, teachers "
                  + ", ".join(f"{name} (from {source})" for name, source in report.teachers.items()))

@@ -19,11 +19,20 @@ from mtkd_cache._faults import fault_point
 from mtkd_cache.errors import CacheWriteError
 
 TEMP_PREFIX = ".tmp-"
+_ASIDE_SUFFIX = ".old"
+
+
+def temporary_name(name: str, unique: str) -> str:
+    """The hidden name a file called `name` is written under first; `unique` keeps two writers apart.
+
+    Other writers of whole files (sharing's uploads to object stores, which cannot use `os.replace`) name
+    their temporaries with this too, so every leftover of a killed writer looks the same."""
+    return f"{TEMP_PREFIX}{name}.{unique}"
 
 
 def temporary_path(final: Path) -> Path:
-    """The hidden name `final` is written under first, unique per process."""
-    return final.parent / f"{TEMP_PREFIX}{final.name}.{os.getpid()}"
+    """The hidden path `final` is written under first, unique per process."""
+    return final.parent / temporary_name(final.name, str(os.getpid()))
 
 
 def write_atomically(path: Path, data: bytes | str, *, durable: bool = True, fault: str | None = None) -> None:
@@ -56,10 +65,10 @@ def replace_directory(target: Path, fill: Callable[[Path], None]) -> None:
     """Make `target` a directory that `fill(directory)` populated, replacing any previous one as a whole.
 
     `fill` writes into a hidden temporary directory beside `target`; the old directory is moved aside and
-    the new one renamed into place, so a crash leaves the old or the new one (the aside copy is
-    `.tmp-<name>.<pid>.old` and can be recovered with `recover_directory`)."""
+    the new one renamed into place, so a crash leaves the old or the new one (a kill between the two
+    renames leaves the old one as `.tmp-<name>.<pid>.old`, which `recover_directory` puts back)."""
     temporary = temporary_path(target)
-    aside = temporary.with_name(temporary.name + ".old")
+    aside = temporary.with_name(temporary.name + _ASIDE_SUFFIX)
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         temporary.mkdir(parents=True)
@@ -72,6 +81,18 @@ def replace_directory(target: Path, fill: Callable[[Path], None]) -> None:
     except OSError as error:
         shutil.rmtree(temporary, ignore_errors=True)
         raise write_error(target, error) from error
+
+
+def recover_directory(target: Path) -> bool:
+    """Put back the directory a writer killed inside `replace_directory` had moved aside, when `target` is
+    missing; True when one was put back. Call it before reading `target`."""
+    if target.exists():
+        return False
+    asides = sorted(target.parent.glob(temporary_name(target.name, "*") + _ASIDE_SUFFIX), key=lambda p: p.stat().st_mtime)
+    if not asides:
+        return False
+    os.replace(asides[-1], target)
+    return True
 
 
 def fsync_directory(directory: Path) -> None:

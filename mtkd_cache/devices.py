@@ -1,20 +1,54 @@
 """Device and dtype choice, shared by the teacher runner and the trainer.
 
 `auto` means CUDA when present, CPU otherwise. Asking for CUDA on a machine without it is an error,
-never a silent CPU fallback (RELIABILITY.md, fault 14).
+never a silent CPU fallback (RELIABILITY.md, fault 14). A config checks the spelling of its device when
+it is made (`check_device`) and finds out whether the device exists when it runs (`resolve_device`), so
+a typo fails before any work and a missing GPU fails on the machine that lacks it.
 """
 
 from __future__ import annotations
+
+import re
+from enum import Enum
 
 import torch
 
 from mtkd_cache.errors import ConfigError
 
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:N: a device is an open set, so it stays a checked string
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class DType(str, Enum):
+    """The compute precision of a torch model; `auto` is decided per device by `resolve_dtype`."""
+
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+
+def choice(enum: type[Enum], value: object, flag: str) -> Enum:
+    """`value` (a member or its string) as a member of `enum`; a one-line ConfigError naming `flag` otherwise."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise ConfigError(f"{flag} must be one of {', '.join(m.value for m in enum)}, not '{value}'.") from None
+
+
+def check_device(requested: str, flag: str = "--device") -> str:
+    """`requested` when it is auto, cpu, cuda or cuda:N; whether that device exists is `resolve_device`'s question."""
+    if not isinstance(requested, str) or not _DEVICE_PATTERN.match(requested):
+        raise ConfigError(f"{flag} must be one of {', '.join(DEVICES)} (or cuda:N), not '{requested}'.")
+    return requested
 
 
 def resolve_device(requested: str) -> torch.device:
+    check_device(requested)
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda"):
@@ -24,20 +58,17 @@ def resolve_device(requested: str) -> torch.device:
                 f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu or auto."
             )
         return torch.device(requested)
-    if requested == "cpu":
-        return torch.device("cpu")
-    raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), not '{requested}'.")
+    return torch.device("cpu")
 
 
-def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(requested: str | DType, device: torch.device) -> torch.dtype:
     """`auto` is bfloat16 on CUDA cards that support it, float16 on older cards, float32 on CPU."""
-    if requested == "auto":
+    requested = choice(DType, requested, "--dtype")
+    if requested is DType.AUTO:
         if device.type != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if requested not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, not '{requested}'.")
-    dtype = getattr(torch, requested)
+    dtype = getattr(torch, requested.value)
     if device.type == "cpu" and dtype == torch.float16:
         raise ConfigError("--dtype float16 is not supported on CPU; use float32 or bfloat16 there.")
     return dtype

@@ -1,7 +1,12 @@
-"""Names: what may be called a teacher (or a split), and the package version recorded in what it writes.
+"""Names on disk: every file and folder name under a cache directory, what may be called a teacher (or a
+split), and the package version recorded in what it writes.
 
-A name ends up in file paths under CACHE/ (outputs/<teacher>/<split>/…), so it is restricted to
-characters that are safe in a path on every platform and cannot climb out of the cache ("..").
+One owner per name: a module that reads or writes CACHE/<something> takes the name from here, so the
+layout of a cache can be read in one place (DESIGN.md "The cache") and never drifts between the writer,
+the reader, `verify` and `push`/`pull`.
+
+A teacher or split name ends up in file paths under CACHE/ (outputs/<teacher>/<split>/…), so it is
+restricted to characters that are safe in a path on every platform and cannot climb out of the cache ("..").
 """
 
 from __future__ import annotations
@@ -21,6 +26,46 @@ def validate_name(name: str, what: str) -> None:
 
 
 # --- CACHE/: the cache directory (owned by the cache stage; DESIGN.md "The cache") ---------------------
+#   manifest.json                                         the commit point: readers use only what it lists
+#   .lock                                                 held by the one process writing the cache
+#   .receipts/<shard>.json                                finished shards of ranks > 0, adopted by rank 0
+#   inputs/<split>/rows-<start>-<end>.parquet             a split's texts and labels
+#   outputs/<teacher>/<split>/rows-<start>-<end>.parquet  one teacher's logits and predictions on a split
+#   experts/                                              expert tables derived from the cache (distill stage)
+#   student-inputs/                                       student tokenizations kept for the next run (distill)
+
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".lock"
+RECEIPTS_DIR = ".receipts"
+INPUTS_DIR = "inputs"
+OUTPUTS_DIR = "outputs"
+SHARD_FOLDERS = (INPUTS_DIR, OUTPUTS_DIR)
+EXPERTS_DIR = "experts"
+STUDENT_INPUTS_DIR = "student-inputs"
+# Row numbers are zero-padded to 10 digits so that shard names sort in row order.
+_ROWS = "rows-{start:010d}-{end:010d}.parquet"
+
+
+def inputs_path(split: str, row_start: int, row_end: int) -> str:
+    """The inputs shard of rows [row_start, row_end) of `split`, relative to the cache, forward slashes."""
+    return f"{INPUTS_DIR}/{split}/" + _ROWS.format(start=row_start, end=row_end)
+
+
+def outputs_path(teacher: str, split: str, row_start: int, row_end: int) -> str:
+    """`teacher`'s outputs shard of rows [row_start, row_end) of `split`, relative to the cache."""
+    return f"{OUTPUTS_DIR}/{teacher}/{split}/" + _ROWS.format(start=row_start, end=row_end)
+
+
+# Exactly the paths the two functions above make. A shard path in a manifest is derived from its record;
+# anything else (a "..", an absolute path) could make a reader or `pull` touch files outside the cache,
+# so the manifest parser refuses a path this does not match.
+SHARD_PATH = re.compile(rf"^({INPUTS_DIR}/(?P<split>{NAME})|{OUTPUTS_DIR}/(?P<teacher>{NAME})/(?P<split2>{NAME}))"
+                        r"/rows-(?P<start>\d{10})-(?P<end>\d{10})\.parquet$")
+
+
+def receipt_path(shard_path: str) -> str:
+    """Where a rank > 0 reports the shard at `shard_path`: one flat file per shard under RECEIPTS_DIR."""
+    return f"{RECEIPTS_DIR}/" + shard_path.replace("/", "--").removesuffix(".parquet") + ".json"
 
 
 # --- RUN/: a distill, finetune or sweep run directory (owned by the distill and report stages) ---------

@@ -7,17 +7,17 @@ background thread so the next shard computes meanwhile; at most one commit is in
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 
 from mtkd_cache.atomic import TEMP_PREFIX, write_error
-from mtkd_cache.cache.lock import LOCK_NAME
-from mtkd_cache.cache.manifest import MANIFEST_NAME, Manifest, ShardRecord, TeacherRecord, load_manifest
-from mtkd_cache.cache.receipts import RECEIPTS_DIR
+from mtkd_cache.cache.manifest import Manifest, ShardRecord, TeacherRecord, load_manifest
 from mtkd_cache.cache.shards import write_shard
 from mtkd_cache.errors import ConfigError, MtkdError
+from mtkd_cache.layout import LOCK_NAME, MANIFEST_NAME, RECEIPTS_DIR, SHARD_FOLDERS
 
 
 def make_directory(out: Path) -> bool:
@@ -43,7 +43,7 @@ def refuse_foreign_directory(out: Path) -> None:
         raise ConfigError(f"--out {out} is a file; give a directory for the cache.")
     if not out.exists() or (out / MANIFEST_NAME).exists():
         return
-    ours = {LOCK_NAME, "inputs", "outputs", RECEIPTS_DIR}
+    ours = {LOCK_NAME, *SHARD_FOLDERS, RECEIPTS_DIR}
     foreign = [p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith((TEMP_PREFIX, f".{MANIFEST_NAME}"))]
     if foreign:
         raise ConfigError(
@@ -53,9 +53,13 @@ def refuse_foreign_directory(out: Path) -> None:
 
 
 def remove_temporaries(out: Path) -> None:
-    # Left by a killed build: never listed in the manifest, so no reader ever used them.
-    for path in out.rglob(f"{TEMP_PREFIX}*"):
-        path.unlink(missing_ok=True)
+    # Left by a killed build: never listed in the manifest, so no reader ever used them. A temporary
+    # directory (atomic.replace_directory's) goes as a whole.
+    for path in sorted(out.rglob(f"{TEMP_PREFIX}*"), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 class ShardCommitter:

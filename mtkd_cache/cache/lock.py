@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 from mtkd_cache.errors import CacheWriteError, LockError
-
-LOCK_NAME = ".lock"
+from mtkd_cache.layout import LOCK_NAME
 
 
 class CacheLock:

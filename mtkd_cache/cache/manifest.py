@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtkd_cache.atomic import write_atomically
 from mtkd_cache.errors import CacheFormatError
-from mtkd_cache.layout import NAME, PACKAGE_VERSION
+from mtkd_cache.layout import MANIFEST_NAME, PACKAGE_VERSION, SHARD_PATH
 
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 
 
 @dataclass
@@ -198,15 +196,11 @@ def _typed(record, types: dict[str, type | tuple[type, ...]]):
     return record
 
 
-# A shard path is derived from its record; anything else (a "..", an absolute path) could make a reader or
-# `pull` touch files outside the cache, so it is refused when the manifest is parsed.
-_SHARD_PATH = re.compile(rf"^(inputs/(?P<split>{NAME})|outputs/(?P<teacher>{NAME})/(?P<split2>{NAME}))"
-                         r"/rows-(?P<start>\d{10})-(?P<end>\d{10})\.parquet$")
-
-
 def checked_shard(record: ShardRecord) -> ShardRecord:
+    """`record` when its path is the one its split, teacher and rows give (layout.SHARD_PATH); a path that
+    could lead a reader or `pull` outside the cache is refused when the manifest is parsed."""
     _typed(record, _SHARD_TYPES)
-    match = _SHARD_PATH.match(record.path)
+    match = SHARD_PATH.match(record.path)
     if (match is None or ".." in record.path.split("/")
             or (match["split"] or match["split2"]) != record.split or match["teacher"] != record.teacher
             or (int(match["start"]), int(match["end"])) != (record.row_start, record.row_end)):

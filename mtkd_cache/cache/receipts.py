@@ -20,17 +20,12 @@ import pyarrow as pa
 from mtkd_cache.cache.manifest import Manifest, ShardRecord, TeacherRecord, checked_shard, teacher_fields
 from mtkd_cache.cache.shards import read_verified_bytes, write_bytes_atomically, write_shard
 from mtkd_cache.errors import CacheIntegrityError
-
-RECEIPTS_DIR = ".receipts"
-
-
-def receipt_name(record: ShardRecord) -> str:
-    return record.path.replace("/", "--").removesuffix(".parquet") + ".json"
+from mtkd_cache.layout import RECEIPTS_DIR, receipt_path
 
 
 def write_receipt(cache_dir: Path, record: ShardRecord, teacher: TeacherRecord) -> None:
     payload = {"shard": dataclasses.asdict(record), "teacher": teacher_fields(teacher)}
-    write_bytes_atomically(cache_dir, f"{RECEIPTS_DIR}/{receipt_name(record)}", json.dumps(payload).encode())
+    write_bytes_atomically(cache_dir, receipt_path(record.path), json.dumps(payload).encode())
 
 
 def adopt_receipts(cache_dir: Path, manifest: Manifest, teachers: dict[str, TeacherRecord]) -> int:

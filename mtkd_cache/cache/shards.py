@@ -1,6 +1,6 @@
 """Parquet shards: their schemas, atomic writes and checksum-verified reads.
 
-Two kinds of shard, both keyed by `sample_id` (the row's position in its split):
+Two kinds of shard, both keyed by `sample_id` (the row's position in its split; paths from layout.py):
   inputs/<split>/rows-<start>-<end>.parquet           sample_id, text, [text_pair], label (class index or null)
   outputs/<teacher>/<split>/rows-<start>-<end>.parquet sample_id, logits (fixed_size_list<K> of float16|float32), pred
 
@@ -16,6 +16,7 @@ a final path only ever holds a complete file whose sha256 is known before the ma
 from __future__ import annotations
 
 import io
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -26,22 +27,24 @@ from mtkd_cache.atomic import write_atomically
 from mtkd_cache.cache.manifest import ShardRecord
 from mtkd_cache.errors import CacheFormatError, CacheIntegrityError
 from mtkd_cache.hashing import sha256_bytes
+from mtkd_cache.layout import outputs_path as outputs_path  # re-exported for benchmarks/bench_cache_io.py only
 
-LOGITS_DTYPES = ("float16", "float32")
-SHARD_FOLDERS = ("inputs", "outputs")
+
+class LogitsDType(str, Enum):
+    """The precision logits are stored in; the manifest records the value string."""
+
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 # BYTE_STREAM_SPLIT must name the leaf path; pyarrow silently ignores the plain column name "logits".
 # Sample ids are consecutive (delta encoding stores them in a few bytes); predictions repeat (dictionary).
 _WRITE_OPTIONS = {"compression": "zstd", "use_dictionary": ["pred"], "write_statistics": ["sample_id"]}
 _OUTPUTS_ENCODING = {"logits.list.element": "BYTE_STREAM_SPLIT", "sample_id": "DELTA_BINARY_PACKED"}
 _INPUTS_ENCODING = {"sample_id": "DELTA_BINARY_PACKED"}
-
-
-def inputs_path(split: str, row_start: int, row_end: int) -> str:
-    return f"inputs/{split}/rows-{row_start:010d}-{row_end:010d}.parquet"
-
-
-def outputs_path(teacher: str, split: str, row_start: int, row_end: int) -> str:
-    return f"outputs/{teacher}/{split}/rows-{row_start:010d}-{row_end:010d}.parquet"
 
 
 def inputs_schema(with_pair: bool) -> pa.Schema:

@@ -19,26 +19,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
+from mtkd_cache.atomic import temporary_name
 from mtkd_cache.cache.lock import CacheLock
-from mtkd_cache.cache.manifest import MANIFEST_NAME, Manifest, ShardRecord, load_manifest, parse_manifest
+from mtkd_cache.cache.manifest import Manifest, ShardRecord, load_manifest, parse_manifest
 from mtkd_cache.cache.shards import read_verified_bytes, shard_is_intact, write_bytes_atomically
 from mtkd_cache.errors import CacheFormatError, CacheIntegrityError, CacheMismatchError, ConfigError
 from mtkd_cache.hashing import sha256_bytes
-from mtkd_cache.layout import validate_name
-
-
-class TransferEvents(Protocol):
-    """Progress hooks; the CLI draws them as a bar in bytes with bytes/s."""
-
-    def start(self, total_bytes: int) -> None: ...
-    def advance(self, moved_bytes: int) -> None: ...
-
-
-class _Silent:
-    def start(self, total_bytes: int) -> None: pass
-    def advance(self, moved_bytes: int) -> None: pass
+from mtkd_cache.layout import MANIFEST_NAME, OUTPUTS_DIR, validate_name
+from mtkd_cache.progress import BYTES, ProgressEvents, SilentEvents
 
 
 @dataclass
@@ -122,7 +111,7 @@ def combine(base: Manifest, addition: Manifest, where: str, renames: dict[str, s
         shard = copy.deepcopy(record)
         if shard.teacher is not None and shard.teacher in renames:
             shard.teacher = renames[shard.teacher]
-            shard.path = shard.path.replace(f"outputs/{record.teacher}/", f"outputs/{shard.teacher}/", 1)
+            shard.path = shard.path.replace(f"{OUTPUTS_DIR}/{record.teacher}/", f"{OUTPUTS_DIR}/{shard.teacher}/", 1)
         if merged.shard(shard.split, shard.teacher, shard.row_start) is None:
             merged.put_shard(shard)
     return merged
@@ -140,9 +129,11 @@ def _only_teachers(manifest: Manifest, teachers: tuple[str, ...] | None) -> Mani
     return kept
 
 
-def push(cache_dir: Path, url: str, events: TransferEvents | None = None) -> TransferReport:
-    """Send the shards `url` lacks, verify each on arrival, then write the merged manifest there."""
-    events = events or _Silent()
+def push(cache_dir: Path, url: str, events: ProgressEvents | None = None) -> TransferReport:
+    """Send the shards `url` lacks, verify each on arrival, then write the merged manifest there.
+
+    Progress is one task in bytes: the total of the shards found missing."""
+    events = events or SilentEvents()
     local = load_manifest(cache_dir)
     fs, root = _filesystem(url)
     remote = read_remote_manifest(url)
@@ -154,7 +145,7 @@ def push(cache_dir: Path, url: str, events: TransferEvents | None = None) -> Tra
     missing = [r for r in moving if not _remote_matches(fs, _join(root, r.path), r, (r.path, r.sha256) in listed)]
     report.bytes_total = sum(r.bytes for r in moving)
     report.shards_present = len(moving) - len(missing)
-    events.start(sum(r.bytes for r in missing))
+    events.task(f"push → {url}", sum(r.bytes for r in missing), unit=BYTES)
     for record in missing:
         data = read_verified_bytes(cache_dir, record)
         destination = _join(root, record.path)
@@ -178,9 +169,11 @@ def push(cache_dir: Path, url: str, events: TransferEvents | None = None) -> Tra
 
 
 def pull(url: str, cache_dir: Path, teachers: tuple[str, ...] | None = None,
-         events: TransferEvents | None = None) -> TransferReport:
-    """Fetch the shards `cache_dir` lacks (inputs and `teachers`, default all), verify each, then commit."""
-    events = events or _Silent()
+         events: ProgressEvents | None = None) -> TransferReport:
+    """Fetch the shards `cache_dir` lacks (inputs and `teachers`, default all), verify each, then commit.
+
+    Progress is one task in bytes: the total of the shards found missing."""
+    events = events or SilentEvents()
     remote = read_remote_manifest(url)
     if remote is None:
         raise CacheFormatError(f"{url} holds no {MANIFEST_NAME}; is it the URL a cache was pushed to?")
@@ -196,7 +189,7 @@ def pull(url: str, cache_dir: Path, teachers: tuple[str, ...] | None = None,
         missing = [record for record in moving if not shard_is_intact(cache_dir, record)]
         report.bytes_total = sum(r.bytes for r in moving)
         report.shards_present = len(moving) - len(missing)
-        events.start(sum(r.bytes for r in missing))
+        events.task(f"pull ← {url}", sum(r.bytes for r in missing), unit=BYTES)
         for record in missing:
             data = fs.cat_file(_join(root, record.path))
             if len(data) != record.bytes or sha256_bytes(data) != record.sha256:
@@ -222,8 +215,10 @@ def _moving(merged: Manifest, source: Manifest) -> list[ShardRecord]:
 
 
 def _temporary_name(relative_path: str) -> str:
+    # A remote object, not a local file: write_atomically's os.replace does not exist on an object store, so
+    # push uploads under atomic's temporary name (random: two pushers never share one), verifies, then moves.
     folder, _, name = relative_path.rpartition("/")
-    return f"{folder}/.tmp-{name}.{uuid.uuid4().hex[:8]}"
+    return f"{folder}/{temporary_name(name, uuid.uuid4().hex[:8])}"
 
 
 def _remote_matches(fs, path: str, record: ShardRecord, listed: bool) -> bool:
@@ -246,6 +241,18 @@ def _write_remote_manifest(fs, root: str, manifest: Manifest) -> None:
         manifest.save(Path(root))  # temp file, fsync, atomic rename
     else:
         fs.pipe_file(_join(root, MANIFEST_NAME), data)  # one PUT: object stores replace an object atomically
+
+
+def parse_renames(items: list[str], caches: int) -> dict[int, dict[str, str]]:
+    """`--rename N:OLD=NEW` arguments as {cache index (0-based): {old name: new name}}."""
+    renames: dict[int, dict[str, str]] = {}
+    for item in items:
+        position, _, pair = item.partition(":")
+        old, _, new = pair.partition("=")
+        if not position.isdigit() or not old or not new or not 1 <= int(position) <= caches:
+            raise ConfigError(f"--rename '{item}' must look like N:OLD=NEW with N between 1 and {caches}.")
+        renames.setdefault(int(position) - 1, {})[old] = new
+    return renames
 
 
 def merge(cache_dirs: list[Path], out: Path, renames: dict[int, dict[str, str]] | None = None) -> MergeReport:

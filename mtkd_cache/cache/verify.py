@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtkd_cache.cache.manifest import Manifest, load_manifest
-from mtkd_cache.cache.shards import SHARD_FOLDERS, read_verified_bytes
-from mtkd_cache.errors import CacheIntegrityError
+from mtkd_cache.cache.shards import read_verified_bytes
+from mtkd_cache.errors import CacheFormatError, CacheIntegrityError
+from mtkd_cache.layout import MANIFEST_NAME, SHARD_FOLDERS
 
 
 @dataclass
@@ -91,9 +92,17 @@ class CacheSummary:
     logits_bytes_per_sample: float  # teacher shard bytes / (rows × teachers)
 
 
-def summarize(cache_dir: Path) -> CacheSummary:
-    """What `info` shows: read from the manifest alone, no shard is opened."""
-    return summarize_manifest(load_manifest(cache_dir), str(cache_dir))
+def summarize(source: str | Path) -> CacheSummary:
+    """What `info` shows, read from the manifest alone (no shard is opened): of a cache directory, or of
+    the cache pushed to a URL (`s3://…`, `hf://…`, anything with a scheme fsspec reads)."""
+    if isinstance(source, Path) or "://" not in source:
+        return summarize_manifest(load_manifest(Path(source)), str(source))
+    from mtkd_cache.cache.sharing import read_remote_manifest  # fsspec is imported only for a URL
+
+    manifest = read_remote_manifest(source)
+    if manifest is None:
+        raise CacheFormatError(f"{source} holds no {MANIFEST_NAME}; is it the URL a cache was pushed to?")
+    return summarize_manifest(manifest, source)
 
 
 def summarize_manifest(manifest: Manifest, where: str) -> CacheSummary:

@@ -29,7 +29,9 @@ import dataclasses
 import io
 import json
 import re
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,6 +39,7 @@ import numpy as np
 
 from mtkd_cache.atomic import write_atomically
 from mtkd_cache.data.datasets import DatasetSpec, load_task_data
+from mtkd_cache.devices import check_device
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.progress import ProgressEvents, SilentEvents
 
@@ -48,18 +51,32 @@ FORMATS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    ops: tuple[tuple[str, float], ...] = DEFAULT_OPS  # (operation, probability p), applied one per copy
-    copies: int = 1  # augmented rows per source row and operation
-    seed: int = 0
-    placeholder: str = "[MASK]"  # what `mask` writes instead of a word
-    vocabulary: tuple[str, ...] | None = None  # `replace` draws from these; None: the split's own words
-    mlm: Path | None = None  # save_pretrained masked-LM checkpoint, needed by `mlm`
-    top_k: int = 15  # `mlm` samples among this many predictions (TinyBERT's K)
-    max_length: int = 128  # `mlm`: tokens read per text; masks past it keep their word
-    batch_size: int = 16
-    device: str = "auto"
+    """How `augment` makes each row's copies; lists are tuples (lists are accepted and kept as tuples)."""
+
+    ops: tuple[tuple[str, float], ...] = field(default=DEFAULT_OPS, metadata={"help": (
+        "(operation, probability p) pairs, one augmented row per operation and copy; operations: "
+        + ", ".join(OPERATIONS) + ".")})
+    copies: int = field(default=1, metadata={"help": "Augmented rows per source row and operation."})
+    seed: int = field(default=0, metadata={"help": "Seed; the same seed and inputs give the same file."})
+    placeholder: str = field(default="[MASK]", metadata={"help": "Token the mask operation writes in place of a word."})
+    vocabulary: tuple[str, ...] | None = field(default=None, metadata={"help": (
+        "Words that replace draws from; default: the split's own words.")})
+    mlm: Path | None = field(default=None, metadata={"help": (
+        "Local masked-LM checkpoint (save_pretrained directory) for the mlm operation.")})
+    top_k: int = field(default=15, metadata={"help": (  # TinyBERT's K
+        "mlm: sample each filled word among this many predictions.")})
+    max_length: int = field(default=128, metadata={"help": "mlm: tokens read per text; masks past it keep their word."})
+    batch_size: int = field(default=16, metadata={"help": "mlm: texts per forward pass."})
+    device: str = field(default="auto", metadata={"help": (
+        "mlm: auto, cpu or cuda[:N]. The same file again on CPU; GPU kernels may differ in the last bit.")})
 
     def __post_init__(self):
+        object.__setattr__(self, "ops", tuple((name, p) for name, p in self.ops))
+        if self.vocabulary is not None:
+            object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
+        if self.mlm is not None:
+            object.__setattr__(self, "mlm", Path(self.mlm))
+        check_device(self.device)
         names = [name for name, _ in self.ops]
         if not names:
             raise ConfigError("--ops names no operation; give e.g. mask=0.1,delete=0.1.")
@@ -80,6 +97,18 @@ class AugmentConfig:
             raise ConfigError(f"--placeholder must be one word without spaces, not {self.placeholder!r}.")
         if self.vocabulary is not None and not self.vocabulary:
             raise ConfigError("the --vocabulary file holds no words; give one word per line.")
+
+
+def default_ops(with_mlm: bool = False) -> tuple[tuple[str, float], ...]:
+    """The operations when none are named: the word-level ones, plus mlm when a masked LM is given."""
+    return DEFAULT_OPS + ((("mlm", DEFAULT_MLM_P),) if with_mlm else ())
+
+
+def read_vocabulary(path: Path) -> tuple[str, ...]:
+    """The distinct words of a text file (whitespace-separated, first occurrence first), for `replace`."""
+    if not path.is_file():
+        raise ConfigError(f"--vocabulary {path} is not a file; give a text file with one word per line.")
+    return tuple(dict.fromkeys(w for line in path.read_text(encoding="utf-8").splitlines() for w in line.split()))
 
 
 def parse_ops(text: str) -> tuple[tuple[str, float], ...]:
@@ -326,3 +355,37 @@ def write_split(path: Path, rows: AugmentedRows, source_split: str, text_column:
             text.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
         data = text.getvalue().encode("utf-8")
     write_atomically(path, data)
+
+
+@dataclass(frozen=True)
+class AugmentReport:
+    """What `augment_to_file` wrote."""
+
+    out: Path
+    split: str
+    source_rows: int  # rows of the source split
+    rows: int  # rows written
+    per_operation: dict[str, int]  # rows written per operation, in the order of `ops`
+    unchanged: int  # rows equal to their source row (kept: the file has rows × ops × copies rows)
+    seconds: float
+    beside_source: bool  # `out` sits in the dataset's directory of split files: `build` caches it as a split
+
+
+def augment_to_file(config: AugmentConfig, dataset: DatasetSpec, split: str, out: Path, overwrite: bool = False,
+                    events: ProgressEvents = SilentEvents()) -> AugmentReport:
+    """Augment `split` of `dataset` and write the rows to `out` (format by extension) as an unlabeled split.
+
+    Everything that can be refused (the output path, the masked LM) is checked before the split is read."""
+    check_output(out, overwrite)
+    masked_lm = load_masked_lm(config)
+    started = time.perf_counter()
+    texts, pairs = load_source(dataset, split)
+    rows = augment_split(texts, pairs, config, events, masked_lm)
+    write_split(out, rows, split, dataset.text_column, dataset.text_pair_column)
+    unchanged = sum(rows.texts[i] == texts[row] and (pairs is None or rows.text_pairs[i] == pairs[row])
+                    for i, row in enumerate(rows.source_rows))
+    source = Path(dataset.source)
+    return AugmentReport(out=out, split=split, source_rows=len(texts), rows=len(rows),
+                         per_operation=dict(Counter(rows.augmentations)), unchanged=unchanged,
+                         seconds=time.perf_counter() - started,
+                         beside_source=source.is_dir() and source.resolve() == out.parent.resolve())

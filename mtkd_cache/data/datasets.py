@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtkd_cache.errors import DataError
+from mtkd_cache.errors import ConfigError, DataError
 from mtkd_cache.hashing import fingerprint_rows, row_digests, sha256_bytes
 
 TEXT_POLICY = "keep-as-loaded; numbers stringified; empty kept; null or invalid unicode rejected"
@@ -33,15 +33,39 @@ _CANONICAL_SPLITS = ("train", "validation", "dev", "test")
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where the data comes from and which columns hold what."""
+    """Where the data comes from and which columns hold what. Lists are tuples (a list is accepted and
+    kept as a tuple); a comma-separated string is the CLI's spelling and is split there, never here."""
 
-    source: str
-    config_name: str | None = None
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    splits: tuple[str, ...] | None = None  # None: every split the source has
-    label_names: tuple[str, ...] | None = None  # explicit label order; otherwise taken from the data
+    source: str = field(metadata={"help": (
+        "Hub id, a data file (.csv/.jsonl/.parquet), a directory of split files (train.csv, test.jsonl, …), "
+        "or a save_to_disk directory.")})
+    config_name: str | None = field(default=None, metadata={"help": "Config name of a hub dataset."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    text_pair_column: str | None = field(default=None, metadata={"help": (
+        "Column holding the second text of sentence-pair tasks (NLI).")})
+    label_column: str = field(default="label", metadata={"help": (
+        "Column holding the label (ClassLabel ids or strings); a split without it is cached unlabeled.")})
+    splits: tuple[str, ...] | None = field(default=None, metadata={"help": (
+        "Comma-separated splits to cache; default: every split of the dataset.")})
+    label_names: tuple[str, ...] | None = field(default=None, metadata={"help": (
+        "Comma-separated label names in class-id order, when the data's own are missing or unordered.")})
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ConfigError("--dataset is empty; give a hub id, a data file or a directory.")
+        for option, column in (("--text-column", self.text_column), ("--label-column", self.label_column)):
+            if not column:
+                raise ConfigError(f"{option} is empty; give the name of a column.")
+        for option, name in (("--splits", "splits"), ("--label-names", "label_names")):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if isinstance(values, str):
+                raise ConfigError(f"{option} must be a list of names, not the string {values!r}.")
+            values = tuple(values)
+            if not values or len(set(values)) != len(values):
+                raise ConfigError(f"{option} must name each of its values once, not {', '.join(values) or 'nothing'}.")
+            object.__setattr__(self, name, values)
 
 
 @dataclass

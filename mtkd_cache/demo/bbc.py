@@ -14,10 +14,12 @@ Part of the package (not only a script under data/) so that an installed wheel r
 from __future__ import annotations
 
 import csv
+import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtkd_cache.atomic import write_atomically
 from mtkd_cache.errors import ConfigError
 
 SPLIT_FRACTIONS = (("train", 0.8), ("validation", 0.1), ("test", 0.1))
@@ -72,12 +74,13 @@ def prepare(out_dir: Path, seed: int = 0, per_class: int | None = None) -> Prepa
             end = len(members) if index == len(SPLIT_FRACTIONS) - 1 else start + round(fraction * len(members))
             splits[name] += members[start:end]
             start = end
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # test.csv last: the demo takes its presence to mean the data is prepared (each file lands whole).
     for name, rows in splits.items():
         rng.shuffle(rows)
-        with open(out_dir / f"{name}.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["text", "label"])
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+        write_atomically(out_dir / f"{name}.csv", text.getvalue(), durable=False)
     return PreparedCorpus(out_dir, len(articles), len(articles) - len(unique), latin1,
                           {name: len(rows) for name, rows in splits.items()})

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtkd_cache.atomic import replace_directory, write_atomically
 from mtkd_cache.cache.reader import open_cache
 from mtkd_cache.data.batching import tokenize_rows
 from mtkd_cache.data.datasets import DatasetSpec
@@ -103,10 +104,12 @@ def _base_model(directory: Path, teacher: DemoTeacher) -> Path:
         label2id={n: i for i, n in enumerate(LABELS)})
     tokenizer = AutoTokenizer.from_pretrained(encoder_path())
     tokenizer.truncation_side = teacher.truncation_side
-    partial = directory.with_name(directory.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(directory)
+
+    def save(into: Path) -> None:
+        model.save_pretrained(into)
+        tokenizer.save_pretrained(into)
+
+    replace_directory(directory, save)
     return directory
 
 
@@ -212,11 +215,11 @@ def write_demo_report(report: DemoReport) -> None:
         experts = report.experts.to_json()["experts"]
         lines += ["", "Expert table (validation): " + ", ".join(f"{c} → {t}" for c, t in experts.items())
                   + f"; fallback M = {report.experts.fallback_name}.", ""]
-    (report.out / "report.md").write_text("\n".join(lines) + "\n")
-    (report.out / "report.json").write_text(json.dumps({
+    write_atomically(report.out / "report.md", "\n".join(lines) + "\n", durable=False)
+    write_atomically(report.out / "report.json", json.dumps({
         "models": [vars(m) for m in report.models], "median_diff": report.median_diff,
         "experts": report.experts.to_json() if report.experts else None, "stage_seconds": report.stage_seconds},
-        indent=1))
+        indent=1), durable=False)
     _plot(report.out / "report.png", report.models)
 
 

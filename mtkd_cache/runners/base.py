@@ -7,7 +7,8 @@ backend (`torch_runner.TorchTeacher`) and the onnx backend (`onnx_runner.OnnxTea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 import numpy as np
@@ -15,28 +16,52 @@ import torch
 
 from mtkd_cache._faults import fault_point
 from mtkd_cache.data.batching import TokenizedRows, batched_forward
-from mtkd_cache.devices import DTYPES, resolve_device, resolve_dtype
+from mtkd_cache.devices import DType, check_device, choice, resolve_device, resolve_dtype
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.progress import ProgressEvents
 from mtkd_cache.runners.teachers import ResolvedTeacher
 
-BACKENDS = ("torch", "onnx")
+
+class Backend(str, Enum):
+    """How teachers run: `torch` loads checkpoint directories, `onnx` runs .onnx files with onnxruntime."""
+
+    TORCH = "torch"
+    ONNX = "onnx"
+
+    def __str__(self) -> str:
+        return self.value
+
 
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    """How teachers run. `batch_tokens` None picks 4,096 padded tokens per batch on CPU (2,048 for onnx),
-    32,768 on CUDA.
+    """How teachers run. Plain strings are accepted for the enum fields and coerced; a bad value is refused
+    here, naming its flag, before any teacher is loaded."""
 
-    backend `torch` loads checkpoint directories; `onnx` runs .onnx files with onnxruntime, in the precision
-    they were exported in, on the CUDA provider (TensorRT's first when `tensorrt`) or the CPU one."""
+    backend: Backend = field(default=Backend.TORCH, metadata={"help": (
+        "Teacher runtime: torch (checkpoint directories) or onnx (.onnx files from `export`, run by onnxruntime "
+        "in the precision they were exported in).")})
+    device: str = field(default="auto", metadata={"help": (
+        "auto (CUDA when present), cpu or cuda[:N]. CUDA asked for but missing is an error.")})
+    dtype: DType = field(default=DType.AUTO, metadata={"help": (
+        "auto (bf16/fp16 on CUDA, fp32 on CPU), float32, float16 or bfloat16.")})
+    max_length: int = field(default=128, metadata={"help": (
+        "Tokens per text (pair) before truncation; truncations are counted.")})
+    batch_tokens: int | None = field(default=None, metadata={"help": (
+        "Padded tokens per batch; default 4096 on CPU (2048 with --backend onnx), 32768 on CUDA.")})
+    tensorrt: bool = field(default=False, metadata={"help": (
+        "--backend onnx on CUDA: TensorRT's provider first (needs TensorRT; slow first build, engines cached).")})
 
-    backend: str = "torch"
-    device: str = "auto"
-    dtype: str = "auto"
-    max_length: int = 128
-    batch_tokens: int | None = None
-    tensorrt: bool = False
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend", choice(Backend, self.backend, "--backend"))
+        object.__setattr__(self, "dtype", choice(DType, self.dtype, "--dtype"))
+        check_device(self.device)
+        if self.tensorrt and self.backend is not Backend.ONNX:
+            raise ConfigError("--tensorrt applies to --backend onnx only.")
+        if self.max_length < 2:
+            raise ConfigError(f"--max-length must be at least 2, not {self.max_length}.")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise ConfigError(f"--batch-tokens must be positive, not {self.batch_tokens}.")
 
 
 class TeacherRunner(Protocol):
@@ -54,32 +79,29 @@ class TeacherRunner(Protocol):
         ...
 
 
-def resolve_runtime(backend: str, requested_device: str, requested_dtype: str,
-                    tensorrt: bool = False) -> tuple[torch.device, torch.dtype | None]:
+def resolve_runtime(runner: RunnerConfig) -> tuple[torch.device, torch.dtype | None]:
     """The teachers' device, and the torch dtype (None for onnx: an ONNX file runs in the precision it holds)."""
-    if backend == "torch":
-        device = resolve_device(requested_device)
-        return device, resolve_dtype(requested_dtype, device)
+    if runner.backend is Backend.TORCH:
+        device = resolve_device(runner.device)
+        return device, resolve_dtype(runner.dtype, device)
     from mtkd_cache.runners.onnx_runner import resolve_onnx_device
 
-    device = resolve_onnx_device(requested_device)
-    if requested_dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, not '{requested_dtype}'.")
-    if tensorrt and device.type != "cuda":
+    device = resolve_onnx_device(runner.device)
+    if runner.tensorrt and device.type != "cuda":
         raise ConfigError("--tensorrt needs a CUDA device (--device cuda or auto on a GPU machine with onnxruntime-gpu).")
     return device, None
 
 
-def default_batch_tokens(backend: str, device: torch.device) -> int:
+def default_batch_tokens(backend: Backend, device: torch.device) -> int:
     if device.type == "cuda":
         return 32768
     # onnxruntime's CPU kernels ran 8-15% faster on 2,048-token batches than on 4,096 (benchmarks/bench_onnx.py).
-    return 2048 if backend == "onnx" else 4096
+    return 2048 if backend is Backend.ONNX else 4096
 
 
 def make_runner(teacher: ResolvedTeacher, runner: RunnerConfig, device: torch.device, dtype: torch.dtype | None,
                 batch_tokens: int) -> TeacherRunner:
-    if runner.backend == "torch":
+    if runner.backend is Backend.TORCH:
         from mtkd_cache.runners.torch_runner import TorchTeacher
 
         return TorchTeacher(teacher, device, dtype)

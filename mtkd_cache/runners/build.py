@@ -29,7 +29,6 @@ from mtkd_cache.cache.committer import (
 )
 from mtkd_cache.cache.lock import CacheLock
 from mtkd_cache.cache.manifest import (
-    MANIFEST_NAME,
     DatasetRecord,
     Manifest,
     ShardRecord,
@@ -39,11 +38,9 @@ from mtkd_cache.cache.manifest import (
 )
 from mtkd_cache.cache.receipts import ReceiptWriter, adopt_receipts
 from mtkd_cache.cache.shards import (
-    LOGITS_DTYPES,
-    inputs_path,
+    LogitsDType,
     inputs_schema,
     inputs_table,
-    outputs_path,
     outputs_schema,
     outputs_table,
     parse_shard,
@@ -52,13 +49,13 @@ from mtkd_cache.cache.shards import (
 )
 from mtkd_cache.data.batching import TokenizedRows, tokenize_rows
 from mtkd_cache.data.datasets import DUPLICATE_POLICY, TEXT_POLICY, DatasetSpec, TaskData, load_task_data
-from mtkd_cache.devices import dtype_name
+from mtkd_cache.devices import choice, dtype_name
 from mtkd_cache.distributed import DistributedContext, balanced_assignment
 from mtkd_cache.errors import CacheMismatchError, ConfigError, MtkdError, TeacherError
 from mtkd_cache.hashing import row_digests
-from mtkd_cache.layout import validate_name
+from mtkd_cache.layout import MANIFEST_NAME, inputs_path, outputs_path, validate_name
 from mtkd_cache.progress import ProgressEvents, SilentEvents
-from mtkd_cache.runners.base import BACKENDS, RunnerConfig, default_batch_tokens, make_runner, resolve_runtime, run_rows
+from mtkd_cache.runners.base import RunnerConfig, default_batch_tokens, make_runner, resolve_runtime, run_rows
 from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, check_backend, resolve_teacher
 
 _MAX_IDS_NAMED = 10
@@ -66,12 +63,33 @@ _MAX_IDS_NAMED = 10
 
 @dataclass(frozen=True)
 class BuildConfig:
+    """What `build` makes: every teacher over every split of the dataset, into the cache at `out`."""
+
     dataset: DatasetSpec
-    teachers: tuple[TeacherSpec, ...]
-    out: Path
+    teachers: tuple[TeacherSpec, ...] = field(metadata={"help": (
+        "NAME=SOURCE: a save_pretrained directory or a hub id, optionally id@revision (torch backend), or an .onnx "
+        "file with its tokenizer beside it (onnx backend). Repeat for several teachers.")})
+    out: Path = field(metadata={"help": "Cache directory to create or resume."})
     runner: RunnerConfig = RunnerConfig()
-    logits_dtype: str = "float16"
-    shard_rows: int = 8192  # rows per shard; a crash loses at most one shard of work per teacher
+    logits_dtype: LogitsDType = field(default=LogitsDType.FLOAT16, metadata={
+        "help": "Stored logit precision: float16 or float32."})
+    shard_rows: int = field(default=8192, metadata={
+        "help": "Rows per shard; a crash loses at most one shard per teacher."})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "teachers", tuple(self.teachers))
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "logits_dtype", choice(LogitsDType, self.logits_dtype, "--logits-dtype"))
+        if not self.teachers:
+            raise ConfigError("give at least one --teacher NAME=SOURCE.")
+        names = [t.name for t in self.teachers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"teacher name(s) {', '.join(duplicates)} given twice; every --teacher needs its own name.")
+        for name in names:
+            validate_name(name, "teacher")
+        if self.shard_rows < 1:
+            raise ConfigError(f"--shard-rows must be positive, not {self.shard_rows}.")
 
 
 @dataclass
@@ -85,9 +103,7 @@ class BuildReport:
 
 def build_cache(config: BuildConfig, events: ProgressEvents | None = None) -> BuildReport:
     events = events or SilentEvents()
-    _validate(config)
-    runner = config.runner
-    device, dtype = resolve_runtime(runner.backend, runner.device, runner.dtype, runner.tensorrt)
+    device, dtype = resolve_runtime(config.runner)
     report = BuildReport(cache_dir=config.out)
 
     started = time.perf_counter()
@@ -96,7 +112,7 @@ def build_cache(config: BuildConfig, events: ProgressEvents | None = None) -> Bu
 
     teachers = [resolve_teacher(spec, task.label_names) for spec in config.teachers]
     for teacher in teachers:
-        check_backend(teacher, config.runner.backend, config.runner.dtype)
+        check_backend(teacher, config.runner.backend.value, config.runner.dtype.value)
     records = {t.spec.name: _teacher_record(t, config.runner, dtype, device) for t in teachers}
 
     context = distributed.current()
@@ -169,29 +185,6 @@ def _gather_counts(report: BuildReport, context: DistributedContext) -> None:
                                 for name in dict.fromkeys(n for _, rows in parts for n in rows)}
 
 
-def _validate(config: BuildConfig) -> None:
-    if not config.teachers:
-        raise ConfigError("give at least one --teacher NAME=SOURCE.")
-    names = [t.name for t in config.teachers]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"teacher name(s) {', '.join(duplicates)} given twice; every --teacher needs its own name.")
-    for name in names:
-        validate_name(name, "teacher")
-    if config.runner.tensorrt and config.runner.backend != "onnx":
-        raise ConfigError("--tensorrt applies to --backend onnx only.")
-    if config.runner.backend not in BACKENDS:
-        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not '{config.runner.backend}'.")
-    if config.logits_dtype not in LOGITS_DTYPES:
-        raise ConfigError(f"--logits-dtype must be one of {', '.join(LOGITS_DTYPES)}, not '{config.logits_dtype}'.")
-    if config.runner.max_length < 2:
-        raise ConfigError(f"--max-length must be at least 2, not {config.runner.max_length}.")
-    if config.runner.batch_tokens is not None and config.runner.batch_tokens < 1:
-        raise ConfigError(f"--batch-tokens must be positive, not {config.runner.batch_tokens}.")
-    if config.shard_rows < 1:
-        raise ConfigError(f"--shard-rows must be positive, not {config.shard_rows}.")
-
-
 def _open_or_start(out: Path, config: BuildConfig, task: TaskData) -> Manifest:
     spec = config.dataset
     if not (out / MANIFEST_NAME).exists():
@@ -204,7 +197,7 @@ def _open_or_start(out: Path, config: BuildConfig, task: TaskData) -> Manifest:
             splits={name: SplitRecord(rows=s.rows, fingerprint=s.fingerprint, labeled=s.labeled)
                     for name, s in task.splits.items()},
             shard_rows=config.shard_rows,
-            logits_dtype=config.logits_dtype,
+            logits_dtype=config.logits_dtype.value,
         )
     manifest = load_manifest(out)
     if list(task.label_names) != manifest.label_names:
@@ -219,7 +212,7 @@ def _open_or_start(out: Path, config: BuildConfig, task: TaskData) -> Manifest:
         )
     if task.fingerprint != manifest.dataset.fingerprint:
         raise CacheMismatchError(_describe_dataset_change(out, manifest, task))
-    if config.logits_dtype != manifest.logits_dtype:
+    if config.logits_dtype.value != manifest.logits_dtype:
         raise CacheMismatchError(
             f"the cache in {out} stores {manifest.logits_dtype} logits, this build asks for {config.logits_dtype}; "
             "one cache holds one logit dtype: drop --logits-dtype or build into a new --out."
@@ -257,7 +250,7 @@ def _cached_row_digests(out: Path, manifest: Manifest, split: str) -> list[bytes
 def _teacher_record(teacher: ResolvedTeacher, runner: RunnerConfig, dtype: torch.dtype | None,
                     device: torch.device) -> TeacherRecord:
     return TeacherRecord(
-        name=teacher.spec.name, source=teacher.spec.source, backend=runner.backend, revision=teacher.revision,
+        name=teacher.spec.name, source=teacher.spec.source, backend=runner.backend.value, revision=teacher.revision,
         weights_sha256=teacher.weights_sha256, tokenizer_sha256=teacher.tokenizer_sha256,
         dtype=teacher.file_dtype or dtype_name(dtype),
         max_length=runner.max_length, model_label_names=list(teacher.model_label_names),

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mtkd_cache.devices import choice
 from mtkd_cache.errors import ConfigError, TeacherError
 from mtkd_cache.runners.model_files import TOKENIZER_FILES, import_optional
 
@@ -24,8 +26,23 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _CUDA = "CUDAExecutionProvider"
 _TENSORRT = "TensorrtExecutionProvider"
 _CPU = "CPUExecutionProvider"
-_OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-                        "all": "ORT_ENABLE_ALL"}
+
+
+class GraphOptimization(str, Enum):
+    """onnxruntime's graph optimization level; the value is ours, `level` onnxruntime's name for it."""
+
+    DISABLE = "disable"
+    BASIC = "basic"
+    EXTENDED = "extended"
+    ALL = "all"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def level(self) -> str:
+        return {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                "all": "ORT_ENABLE_ALL"}[self.value]
 
 
 @dataclass(frozen=True)
@@ -34,13 +51,16 @@ class OnnxOptions:
     honour the same OMP_NUM_THREADS / torch.set_num_threads and compare fairly."""
 
     threads: int | None = None
-    optimization: str = "all"  # onnxruntime graph optimization level: disable, basic, extended, all
+    optimization: GraphOptimization = GraphOptimization.ALL
     # Idle intra-op threads busy-wait by default in onnxruntime. Off: a build's own tokenizing, padding and
     # shard-writing threads (and anything else on the machine) get the cores; 1.26x rows/s measured under load.
     spinning: bool = False
     tensorrt: bool = False  # on CUDA: TensorRT's provider first; opt-in, its engine builds take minutes
     max_rows: int = 1024  # TensorRT's shape profile: the largest batch and sequence it must accept
     max_length: int = 512
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "optimization", choice(GraphOptimization, self.optimization, "ONNX optimization"))
 
 
 def resolve_onnx_device(requested: str) -> torch.device:
@@ -67,9 +87,7 @@ def open_session(path: Path, device: torch.device, options: OnnxOptions = OnnxOp
     """(session, providers it actually runs on), refusing a session that silently fell back to the CPU."""
     ort = import_optional("onnxruntime")
     settings = ort.SessionOptions()
-    if options.optimization not in _OPTIMIZATION_LEVELS:
-        raise ConfigError(f"ONNX optimization must be one of {', '.join(_OPTIMIZATION_LEVELS)}, not '{options.optimization}'.")
-    settings.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPTIMIZATION_LEVELS[options.optimization])
+    settings.graph_optimization_level = getattr(ort.GraphOptimizationLevel, options.optimization.level)
     settings.intra_op_num_threads = options.threads or torch.get_num_threads()
     if not options.spinning:
         settings.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -51,6 +51,19 @@ def parse_label_map(argument: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     return name, tuple((p[0], p[2]) for p in pairs)
 
 
+def parse_teachers(teachers: list[str], label_maps: list[str] | None = None) -> tuple[TeacherSpec, ...]:
+    """`--teacher NAME=SOURCE` arguments with the `--label-map` of each teacher that has one."""
+    maps = dict(parse_label_map(item) for item in label_maps or [])
+    specs = []
+    for argument in teachers:
+        spec = TeacherSpec.parse(argument)
+        specs.append(TeacherSpec(spec.name, spec.source, maps.pop(spec.name, ())))
+    if maps:
+        names = ", ".join(t.name for t in specs)
+        raise ConfigError(f"--label-map names teacher(s) {', '.join(maps)} but the teachers are {names}.")
+    return tuple(specs)
+
+
 @dataclass(frozen=True)
 class ResolvedTeacher:
     """A teacher's files and identity, as recorded in the manifest."""

@@ -50,8 +50,9 @@ from helpers.faults import (
 from mtkd_cache import CacheFormatError, CacheIntegrityError, CacheWriteError, _faults, open_cache, verify_cache
 from mtkd_cache._faults import InjectedFault
 from mtkd_cache.atomic import TEMP_PREFIX
-from mtkd_cache.cache.lock import LOCK_NAME, CacheLock
-from mtkd_cache.cache.manifest import MANIFEST_NAME, load_manifest
+from mtkd_cache.cache.lock import CacheLock
+from mtkd_cache.cache.manifest import load_manifest
+from mtkd_cache.layout import LOCK_NAME, MANIFEST_NAME
 from mtkd_cache_cli.app import app
 
 runner = CliRunner()

@@ -37,8 +37,9 @@ from helpers.faults import (
     subprocess_env,
 )
 from mtkd_cache import CacheFormatError, CacheIntegrityError, CacheMismatchError, open_cache, verify_cache
-from mtkd_cache.cache.manifest import MANIFEST_NAME, load_manifest
+from mtkd_cache.cache.manifest import load_manifest
 from mtkd_cache.cache.sharing import TransferReport, merge, pull, push, read_remote_manifest
+from mtkd_cache.layout import MANIFEST_NAME
 from mtkd_cache_cli.app import app
 
 runner = CliRunner()
@@ -639,3 +640,34 @@ def test_a_pulled_cache_reads_without_this_package(caches, tmp_path):
     expected = open_cache(caches["A"]).teacher_outputs("test").logits[:, 0]
     assert np.array_equal(loaded.with_format("numpy", dtype=np.float16)[:]["logits"], expected)
     assert np.array_equal(pl.concat([pl.read_parquet(p) for p in files])["logits"].to_numpy(), expected)
+
+
+class _Recorder:
+    """A ProgressEvents that keeps what it was told."""
+
+    def __init__(self):
+        self.tasks, self.advanced, self.notes = [], 0, []
+
+    def task(self, description, total, unit="rows"):
+        self.tasks.append((description, total, unit))
+
+    def advance(self, rows):
+        self.advanced += rows
+
+    def note(self, message):
+        self.notes.append(message)
+
+
+def test_push_and_pull_report_progress_as_one_task_in_bytes(tmp_path):
+    from helpers.tiny_cache import write_tiny_cache
+
+    manifest = write_tiny_cache(tmp_path / "c")
+    total = sum(record.bytes for record in manifest.shards)
+    pushed, pulled = _Recorder(), _Recorder()
+    push(tmp_path / "c", str(tmp_path / "remote"), pushed)
+    pull(str(tmp_path / "remote"), tmp_path / "back", events=pulled)
+    assert pushed.tasks == [(f"push → {tmp_path / 'remote'}", total, "bytes")] and pushed.advanced == total
+    assert pulled.tasks == [(f"pull ← {tmp_path / 'remote'}", total, "bytes")] and pulled.advanced == total
+    again = _Recorder()
+    push(tmp_path / "c", str(tmp_path / "remote"), again)
+    assert again.tasks == [(f"push → {tmp_path / 'remote'}", 0, "bytes")] and again.advanced == 0

@@ -125,3 +125,110 @@ def test_int_labels_with_label_names(tmp_path, assets):
     result = runner.invoke(app, ["build", "--dataset", str(tmp_path / "d"), "--teacher", f"bert={assets['bert']}",
                                  "--out", str(tmp_path / "c"), "--label-names", "politics,sports,tech"])
     assert result.exit_code == 0, result.output
+
+
+# --- every cache-side command takes --config FILE; defaults and help come from the config dataclasses ----------
+
+CACHE_COMMANDS = ("build", "info", "verify", "demo", "push", "pull", "merge", "augment")
+
+
+@pytest.mark.parametrize("command", CACHE_COMMANDS)
+def test_every_cache_command_takes_a_config_file(command, monkeypatch):
+    monkeypatch.setattr("typer.rich_utils.MAX_WIDTH", 200)
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "--config" in result.stdout, result.output
+
+
+def test_build_reads_toml_and_yaml_config_files_and_flags_override_them(assets, tmp_path):
+    toml = tmp_path / "build.toml"
+    toml.write_text(f'dataset = "{assets["data"]}"\nteacher = ["bert={assets["bert"]}"]\n'
+                    f'out = "{tmp_path / "from-toml"}"\nsplits = "test"\nmax-length = 16\nshard_rows = 3\n')
+    result = runner.invoke(app, ["build", "--config", str(toml)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "from-toml" / "manifest.json").read_text())
+    assert list(manifest["splits"]) == ["test"] and manifest["shard_rows"] == 3
+    assert manifest["teachers"]["bert"]["max_length"] == 16
+
+    yaml = tmp_path / "build.yaml"
+    yaml.write_text(f"dataset: {assets['data']}\nteacher: ['bert={assets['bert']}']\nout: {tmp_path / 'ignored'}\n"
+                    "splits: test\nmax_length: 16\nlogits-dtype: float32\n")
+    result = runner.invoke(app, ["build", "--config", str(yaml), "--out", str(tmp_path / "from-yaml"),
+                                 "--max-length", "24"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "from-yaml" / "manifest.json").read_text())
+    assert manifest["logits_dtype"] == "float32" and manifest["teachers"]["bert"]["max_length"] == 24
+    assert not (tmp_path / "ignored").exists()
+
+
+def test_a_config_file_key_the_command_does_not_take_is_refused(assets, tmp_path):
+    config = tmp_path / "verify.toml"
+    config.write_text("max-length = 64\n")
+    result = runner.invoke(app, ["verify", str(tmp_path), "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "sets max_length, which `verify` does not take" in " ".join(result.output.split())
+    broken = tmp_path / "build.toml"
+    broken.write_text("max-length = \n")
+    result = runner.invoke(app, ["build", "--config", str(broken)])
+    assert result.exit_code == 2 and "cannot be parsed" in " ".join(result.output.split()), result.output
+
+
+def _config_backed_options(command):
+    import inspect
+    import typing
+
+    function = inspect.unwrap(command)
+    hints = typing.get_type_hints(function, include_extras=True)
+    for name, parameter in inspect.signature(function).parameters.items():
+        for info in getattr(hints[name], "__metadata__", ()):
+            if getattr(info, "config_field", None):
+                yield name, parameter.default, info
+
+
+def test_cache_command_defaults_and_help_are_the_config_fields():
+    import dataclasses
+
+    from mtkd_cache_cli.app import build
+    from mtkd_cache_cli.augment_commands import augment
+
+    checked = 0
+    for command in (build, augment):
+        for name, default, info in _config_backed_options(command):
+            config_class, field_name = info.config_field
+            field = {f.name: f for f in dataclasses.fields(config_class)}[field_name]
+            if field.default is not dataclasses.MISSING and not isinstance(field.default, tuple):
+                assert default == field.default, f"{command.__name__} --{name}: {default!r} != {field.default!r}"
+            assert info.help, f"{command.__name__} --{name} has no help"
+            checked += 1
+    assert checked >= 25
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--device", "tpu", "--device must be one of auto, cpu, cuda (or cuda:N), not 'tpu'."),
+    ("--dtype", "int8", "--dtype must be one of auto, float32, float16, bfloat16, not 'int8'."),
+    ("--backend", "tensorrt", "--backend must be one of torch, onnx, not 'tensorrt'."),
+    ("--logits-dtype", "bfloat16", "--logits-dtype must be one of float16, float32, not 'bfloat16'."),
+])
+def test_a_closed_set_option_names_every_choice_in_one_line(assets, tmp_path, flag, value, message):
+    result = runner.invoke(app, ["build", "--dataset", str(assets["data"]), "--teacher", f"bert={assets['bert']}",
+                                 "--out", str(tmp_path / "cache"), flag, value])
+    assert_user_error(result, message)
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_one_progress_adapter_draws_rows_and_bytes():
+    import io
+
+    from rich.console import Console
+
+    from mtkd_cache_cli.progress import ProgressEvents
+
+    console = Console(file=io.StringIO(), width=160, force_terminal=False)
+    with ProgressEvents(console) as events:
+        events.task("bert · train", 40)
+        events.advance(40)
+        events.task("push → s3://bucket/cache", 3_000_000, unit="bytes")
+        events.advance(1_500_000)
+        events.note("kept 2 shard(s)")
+    drawn = console.file.getvalue()
+    assert "bert · train" in drawn and "40/40" in drawn
+    assert "push → s3://bucket/cache" in drawn and "1.5/3.0 MB" in drawn and "kept 2 shard(s)" in drawn

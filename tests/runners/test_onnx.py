@@ -26,9 +26,10 @@ from mtkd_cache import (
     build_cache,
     open_cache,
 )
-from mtkd_cache.cache.manifest import MANIFEST_NAME, load_manifest
+from mtkd_cache.cache.manifest import load_manifest
 from mtkd_cache.distill.students import BILSTM_CONFIG, build_student
 from mtkd_cache.hashing import sha256_files
+from mtkd_cache.layout import MANIFEST_NAME
 from mtkd_cache.runners.onnx_runner import open_session
 from mtkd_cache.serve.export import ExportConfig, export_model
 from mtkd_cache.serve.predict import display_names, load_classifiers, predict
@@ -308,3 +309,27 @@ def test_the_io_binding_path_gives_the_plain_run_logits(exported):
     teacher.io_binding = ("cpu", 0)  # what CUDA uses, bound to the CPU: the same calls, testable without a GPU
     np.testing.assert_array_equal(teacher.logits(batch), plain)
     assert plain.dtype == np.float32 and plain.shape == (len(TEXTS), 3)
+
+
+# ------------------------------------------------------------------------------------ the runner seam
+
+
+def test_both_backends_are_teacher_runners_with_the_same_logits_for_one_padded_batch(assets, exported):
+    """runners/base.py's seam, through make_runner only: one padded batch in, float32 [rows, labels] out."""
+    from mtkd_cache.data.batching import pad_rows, tokenize_rows
+    from mtkd_cache.runners.base import TeacherRunner, make_runner, resolve_runtime
+    from mtkd_cache.runners.teachers import resolve_teacher
+
+    members = [name for name in TeacherRunner.__annotations__] + ["logits"]
+    outputs = {}
+    for backend, source in (("torch", assets["bert"]), ("onnx", exported["bert"])):
+        config = RunnerConfig(backend=backend, device="cpu", dtype="float32", max_length=32)
+        device, dtype = resolve_runtime(config)
+        teacher = resolve_teacher(TeacherSpec("bert", str(source)), LABELS)
+        runner_ = make_runner(teacher, config, device, dtype, batch_tokens=256)
+        assert [m for m in members if not hasattr(runner_, m)] == [], backend
+        tokens = tokenize_rows(runner_.tokenizer, TEXTS, None, config.max_length)
+        outputs[backend] = runner_.logits(pad_rows(tokens, np.arange(len(TEXTS)), runner_.pad_id, runner_.pad_left))
+    assert outputs["torch"].shape == outputs["onnx"].shape == (len(TEXTS), len(LABELS))
+    assert outputs["torch"].dtype == outputs["onnx"].dtype == np.float32
+    np.testing.assert_allclose(outputs["onnx"], outputs["torch"], atol=TOLERANCE, rtol=0)
