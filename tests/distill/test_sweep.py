@@ -5,6 +5,7 @@ the CLI with a TOML / YAML file and its user errors."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
 import os
@@ -227,7 +228,12 @@ def test_changed_options_make_new_runs_instead_of_reusing_old_ones(env, tmp_path
 def test_leaderboard_and_robustness_are_the_runs_summarised(env, tmp_path):
     grid = SweepGrid(strategies=("best", "average"), seeds=(0, 1), subset_sizes=(1, 3))
     result = run_sweep(SweepConfig(base_config(env, tmp_path), grid))
+    # run_sweep wrote the leaderboard itself (no CLI involved); writing it again from the rows gives the same.
+    written = {name: (tmp_path / name).read_bytes() for name in ("leaderboard.parquet", "robustness.parquet")}
+    assert result.leaderboard.equals(pl.read_parquet(tmp_path / "leaderboard.parquet"))
     frame = write_leaderboard(tmp_path, result.rows, "accuracy")
+    assert all(pl.read_parquet(tmp_path / name).equals(pl.read_parquet(io.BytesIO(data)))
+               for name, data in written.items())
     board = pl.read_parquet(tmp_path / "leaderboard.parquet")
     assert board.height == len(result.rows) == 2 * 2 * 4
     assert board["accuracy"].to_list() == sorted(board["accuracy"].to_list(), reverse=True)
