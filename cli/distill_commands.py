@@ -60,7 +60,7 @@ def experts(
 @user_errors
 def select_command(
     cache: Annotated[Path, typer.Argument(help="Cache directory.")],
-    strategy: Annotated[str, from_config(StrategyConfig, "name", "--strategy")],
+    strategy: Annotated[str, typer.Option(help=field_help(StrategyConfig, "name"))],  # required here: no default
     out: Annotated[Path, typer.Option(help="Parquet file to write (sample_id, weights).")],
     split: Annotated[str, typer.Option(help="Split to select on.")] = DistillConfig.train_split,
     teachers: Annotated[str | None, from_config(DistillConfig, "teachers")] = None,
@@ -117,7 +117,7 @@ def distill_command(
     expert_split: Annotated[str, from_config(DistillConfig, "expert_split")] = DistillConfig.expert_split,
     noise_std: Annotated[float, from_config(StrategyConfig, "noise_std")] = StrategyConfig.noise_std,
     gamma: Annotated[float, from_config(StrategyConfig, "gamma")] = StrategyConfig.gamma,
-    stage1_split: Annotated[str | None, from_config(TransferStage, "split", "--stage1-split")] = None,
+    stage1_split: Annotated[str | None, typer.Option(help=field_help(TransferStage, "split"))] = None,
     stage1_epochs: Annotated[int, from_config(TransferStage, "epochs", "--stage1-epochs")] = TransferStage.epochs,
     stage1_strategy: Annotated[str | None, from_config(TransferStage, "strategy", "--stage1-strategy")] = None,
     config: ConfigFile = None,

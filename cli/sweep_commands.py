@@ -14,7 +14,7 @@ from mtkd_cache.distill.configs import DistillConfig
 from mtkd_cache.distill.strategies import StrategyConfig
 from mtkd_cache.distill.sweep import SweepConfig, SweepGrid, load_sweep_file, run_sweep, sweep_config_from_options
 from mtkd_cache.distill.training import TrainConfig
-from mtkd_cache.layout import LEADERBOARD_MD
+from mtkd_cache.layout import LEADERBOARD, LEADERBOARD_MD, ROBUSTNESS, ROBUSTNESS_PLOT
 from mtkd_cache.report.leaderboard import RunRow, robustness_over_subsets
 
 from .common import app, stdout, user_errors
@@ -119,8 +119,8 @@ def sweep(
     if result.stopped_by_budget:
         stdout.print(f"[yellow]stopped: --max-minutes {sweep_config.max_minutes:g} reached; re-run the same command "
                      "to continue.[/yellow]")
-    stdout.print(f"wrote {sweep_config.base.out / LEADERBOARD_MD}, leaderboard.parquet"
-                 + (", robustness.parquet and robustness.png" if result.rows else ""))
+    stdout.print(f"wrote {sweep_config.base.out / LEADERBOARD_MD}, {LEADERBOARD}"
+                 + (f", {ROBUSTNESS} and {ROBUSTNESS_PLOT}" if result.rows else ""))
 
 
 def _print_leaderboard(frame, metric: str) -> None:

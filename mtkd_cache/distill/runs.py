@@ -124,6 +124,7 @@ def distill(config: DistillConfig, events: ProgressEvents | Callable | None = No
 
     run = Run(config.out, identity, context)
     resume = run.checkpoint()  # before anything is written: another run's directory stays untouched
+    _note_resume(events, run, resume)
     torch.manual_seed(config.train.seed)  # a student built from scratch starts from the seed's weights
     model, tokenizer, kind = build_student(config.student, cache.label_names, config.tokenizer)
     run.start(student_kind=kind)
@@ -148,6 +149,11 @@ def distill(config: DistillConfig, events: ProgressEvents | Callable | None = No
     return RunResult(run.directory, context.broadcast(report), result, warnings)
 
 
+def _note_resume(events: ProgressEvents, run: Run, resume: dict | None) -> None:
+    if resume is not None:
+        events.note(f"resuming {run.directory} after epoch {resume['epoch'] + 1} (its checkpoint)")
+
+
 def _distill_report(config: DistillConfig, prepared: PreparedCache, teachers: tuple[str, ...], table: ExpertTable,
                     first_signal: TeacherSignal, split_tensors: dict[str, SplitTensors], pad_id: int, run: Run,
                     warnings: list[str], result: TrainResult, stage1: TrainResult | None) -> RunReport:
@@ -169,7 +175,7 @@ def _distill_report(config: DistillConfig, prepared: PreparedCache, teachers: tu
                          "history": [dataclasses.asdict(r) for r in stage1.history],
                          "train_seconds": stage1.train_seconds}
     return _evaluate(run, eval_split, cache.label_names, config.train.device, pad_id, teacher_per_class, result,
-                     config.eval_split, stage1, teaching=teaching, stage1_record=stage1_record)
+                     config.eval_split, stage1, teaching, stage1_record)
 
 
 def _transfer_stage(config: DistillConfig, prepared: PreparedCache, teachers: tuple[str, ...], model, save,
@@ -198,7 +204,8 @@ def _save_student(model, tokenizer, directory: Path) -> None:
 
 def _evaluate(run: Run, eval_split: SplitTensors, label_names: tuple[str, ...], device: str, pad_id: int,
               teacher_per_class: dict[str, list], result: TrainResult, eval_split_name: str,
-              stage1: TrainResult | None = None, **details) -> RunReport:
+              stage1: TrainResult | None = None, teaching: Teaching | None = None,
+              stage1_record: dict | None = None) -> RunReport:
     """Reload the saved best student and score it: the report describes the files on disk, not the loop's state."""
     model, _ = load_saved_student(run.directory / STUDENT_DIR)
     torch_device = resolve_device(device)
@@ -216,7 +223,7 @@ def _evaluate(run: Run, eval_split: SplitTensors, label_names: tuple[str, ...], 
         eval_split=eval_split_name, config=run.config,
         best_epoch=result.best_epoch, history=[dataclasses.asdict(r) for r in result.history],
         train_seconds=result.train_seconds + (stage1.train_seconds if stage1 else 0.0),
-        teaching=details.get("teaching"), stage1=details.get("stage1_record"))
+        teaching=teaching, stage1=stage1_record)
 
 
 def finetune(config: FinetuneConfig, events: ProgressEvents | Callable | None = None,
@@ -233,6 +240,7 @@ def finetune(config: FinetuneConfig, events: ProgressEvents | Callable | None = 
     run = Run(config.out, RunIdentity({**config_payload(config), "selection_split": selection_split},
                                       {"dataset_fingerprint": task.fingerprint}), context)
     resume = run.checkpoint()
+    _note_resume(events, run, resume)
     torch.manual_seed(config.train.seed)
     model, tokenizer, kind = build_student(config.student, task.label_names, config.tokenizer)
     run.start(student_kind=kind)

@@ -5,9 +5,10 @@ k-combination of the teacher pool (the robustness study compared 1 to 6 teachers
 combination). All runs share one PreparedCache: the cache is read and verified once, each split is
 tokenized once, and a deterministic strategy's targets are computed once per teacher subset.
 
-Each run writes OUT/runs/<name>-<hash>/ exactly as `distill` does; the hash covers the whole run
-configuration, the dataset fingerprint and the teachers' weights, so re-running a sweep skips finished
-runs, resumes a killed one from its last epoch checkpoint and never mixes runs of another grid.
+Each run writes OUT/runs/<name>-<hash>/ exactly as `distill` does; the hash is the start of the run's
+fingerprint (run.py: the whole resolved configuration, the dataset fingerprint and the teachers'
+weights), so re-running a sweep skips finished runs, resumes a killed one from its last epoch checkpoint
+and never mixes runs of another grid. `run_sweep` writes leaderboard.* and robustness.* itself.
 """
 
 from __future__ import annotations
