@@ -4,6 +4,9 @@ run's directory refused untouched, and what a killed writer left behind cleaned 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from mtkd_cache.distill.configs import DistillConfig, TransferStage
 from mtkd_cache.distill.run import Run, RunIdentity
 from mtkd_cache.distill.runs import distill, distill_identity
 from mtkd_cache.distill.strategies import Strategy, StrategyConfig
+from mtkd_cache.distill.students import BILSTM_WEIGHTS
 from mtkd_cache.distill.sweep import RUNS_DIR, SweepConfig, SweepGrid, expand_grid, run_sweep
 from mtkd_cache.distill.training import TrainConfig, recover_interrupted_writes
 from mtkd_cache.errors import ConfigError
@@ -31,9 +35,9 @@ def env(assets, tmp_path_factory):
 
 
 def config(env, out: Path, **changes) -> DistillConfig:
+    changes = {"train": TrainConfig(epochs=1, learning_rate=1e-3, device="cpu"), **changes}
     return DistillConfig(cache=env["cache"], student=STUDENT, tokenizer=env["tokenizer"], out=out,
-                         expert_split="validation", train=TrainConfig(epochs=1, learning_rate=1e-3, device="cpu"),
-                         **changes)
+                         expert_split="validation", **changes)
 
 
 # identity
@@ -111,6 +115,28 @@ def test_a_student_moved_aside_by_a_kill_is_recovered_and_temporaries_removed(tm
     (tmp_path / f".tmp-{STUDENT_DIR}.321.old").mkdir()  # the swap finished: the aside copy is stale
     recover_interrupted_writes(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [STUDENT_DIR]
+
+
+@pytest.mark.fault
+def test_a_kill_inside_the_checkpoint_write_resumes_from_the_previous_epoch(env, tmp_path):
+    killed = tmp_path / "killed"
+    args = ["distill", str(env["cache"]), "--student", STUDENT, "--tokenizer", env["tokenizer"], "--out", str(killed),
+            "--epochs", "2", "--lr", "1e-3", "--device", "cpu", "--expert-split", "validation"]
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+                       MTKD_CACHE_FAULT="checkpoint_written:2")  # epoch 2's checkpoint written, not yet renamed
+    process = subprocess.run([sys.executable, "-m", "mtkd_cache", *args], env=environment, capture_output=True,
+                             text=True, timeout=300)
+    assert process.returncode == -9, process.stderr
+    assert torch.load(killed / CHECKPOINT, weights_only=False)["epoch"] == 0
+    assert [p.name.startswith(f".tmp-{CHECKPOINT}.") for p in killed.glob(".tmp-*")] == [True]
+
+    two_epochs = TrainConfig(epochs=2, learning_rate=1e-3, device="cpu")
+    resumed = distill(config(env, killed, train=two_epochs))
+    straight = distill(config(env, tmp_path / "straight", train=two_epochs))
+    assert [h.train_loss for h in resumed.train.history] == [h.train_loss for h in straight.train.history]
+    a, b = (torch.load(run.run_dir / STUDENT_DIR / BILSTM_WEIGHTS, weights_only=True) for run in (resumed, straight))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert not list(killed.rglob(".tmp-*"))
 
 
 # configs
