@@ -58,11 +58,13 @@ class _SweepProgress:
 
 
 def _as_for_distill(config_class: type, name: str, **options) -> typer.models.OptionInfo:
-    """A sweep option left unset unless given (the file may set it); its help is distill's, with the default."""
+    """A sweep option left unset unless given (the sweep file may set it): its help is the config field's,
+    and the default it stands for is shown beside it."""
     default = {f.name: f.default for f in dataclasses.fields(config_class)}[name]
     shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
-    suffix = f" [default: {shown}]" if default not in (None, ()) else ""
-    return typer.Option(help=options.pop("help", None) or field_help(config_class, name) + suffix, **options)
+    if default not in (None, ()):
+        options.setdefault("show_default", f"{shown}")
+    return typer.Option(help=field_help(config_class, name), **options)
 
 
 @app.command()
@@ -78,7 +80,7 @@ def sweep(
     temperature: Annotated[list[float] | None, _as_for_distill(SweepGrid, "temperatures")] = None,
     seed: Annotated[list[int] | None, _as_for_distill(SweepGrid, "seeds")] = None,
     teacher_subsets: Annotated[list[int] | None, _as_for_distill(SweepGrid, "subset_sizes")] = None,
-    teachers: Annotated[str | None, typer.Option(help="Comma-separated teacher pool. [default: every teacher]")] = None,
+    teachers: Annotated[str | None, typer.Option(help="Comma-separated teacher pool.", show_default="every teacher")] = None,
     max_minutes: Annotated[float | None, _as_for_distill(SweepConfig, "max_minutes")] = None,
     metric: Annotated[str | None, _as_for_distill(SweepConfig, "metric")] = None,
     epochs: Annotated[int | None, _as_for_distill(TrainConfig, "epochs")] = None,

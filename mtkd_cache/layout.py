@@ -42,4 +42,3 @@ ROBUSTNESS = "robustness.parquet"
 ROBUSTNESS_PLOT = "robustness.png"
 COMPARISON_MD = "comparison.md"  # `report --out`
 COMPARISON_PLOT = "comparison.png"
-SELECTION = "selection.parquet"  # `select`'s per-sample teacher weights, when --out names a directory

@@ -49,7 +49,7 @@ class SweepGrid:
     temperatures: tuple[float, ...] = field(default=(2.0,), metadata={"help": "T; repeat for several."})
     seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "Seed; repeat for several."})
     subset_sizes: tuple[int, ...] = field(default=(), metadata={
-        "help": "k: run every k-combination of the teacher pool; repeat for several k. [default: the whole pool]"})
+        "help": "k: run every k-combination of the teacher pool; repeat for several k (none given: the whole pool)."})
 
     def __post_init__(self) -> None:
         for name, values in (("--strategy", self.strategies), ("--alpha", self.alphas),

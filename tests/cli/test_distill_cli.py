@@ -368,3 +368,17 @@ def test_experts_select_and_report_read_a_config_file(env, tmp_path):
     compared = runner.invoke(app, ["report", str(env["root"] / "run-expert"), "--config", str(tmp_path / "report.toml")])
     assert compared.exit_code == 0, compared.output
     assert (tmp_path / "cmp" / "comparison.md").read_text().startswith("| run | strategy |")
+
+
+@pytest.mark.parametrize("command", ["distill", "sweep"])
+def test_the_help_of_an_option_is_its_config_fields(command):
+    from mtkd_cache.distill.configs import DistillConfig
+    from mtkd_cache.distill.training import TrainConfig
+    from mtkd_cache_cli.options import field_help
+
+    shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.replace("│", " ").split())
+    for config_class, name in ((DistillConfig, "selection_split"), (DistillConfig, "expert_split"),
+                               (TrainConfig, "warmup_epochs")):
+        assert field_help(config_class, name) in text, name
