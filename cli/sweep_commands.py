@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -9,16 +10,21 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mtkd_cache import distributed
-from mtkd_cache.distill.sweep import SweepEvents, load_sweep_file, run_sweep, sweep_config_from_options
-from mtkd_cache.report.leaderboard import RunRow, robustness_over_subsets, write_leaderboard
+from mtkd_cache.distill.configs import DistillConfig
+from mtkd_cache.distill.strategies import StrategyConfig
+from mtkd_cache.distill.sweep import SweepConfig, SweepGrid, load_sweep_file, run_sweep, sweep_config_from_options
+from mtkd_cache.distill.training import TrainConfig
+from mtkd_cache.layout import LEADERBOARD, LEADERBOARD_MD, ROBUSTNESS, ROBUSTNESS_PLOT
+from mtkd_cache.report.leaderboard import RunRow, robustness_over_subsets
 
 from .common import app, stdout, user_errors
+from .options import field_help
 from .progress import stderr
 
 
-class _SweepProgress(SweepEvents):
-    """One bar for the runs, one (reused) bar for the current epoch; a line per finished run."""
+class _SweepProgress:
+    """SweepEvents drawn with rich: one bar for the runs, one (reused) bar for the current epoch, a line per
+    finished run."""
 
     def __init__(self):
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -38,13 +44,27 @@ class _SweepProgress(SweepEvents):
             self.progress.console.print(f"  {row.run}: accuracy {row.accuracy:.4f}  macro-F1 {row.macro_f1:.4f}  "
                                         f"({row.run_seconds:.1f} s)", highlight=False)
 
-    def epoch_progress(self):
-        def task(description: str, total: int) -> None:
-            if self.epoch is None:
-                self.epoch = self.progress.add_task(description, total=total)
-            self.progress.reset(self.epoch, total=total, description=f"  {description}")
+    def task(self, description: str, total: int) -> None:
+        if self.epoch is None:
+            self.epoch = self.progress.add_task(description, total=total)
+        self.progress.reset(self.epoch, total=total, description=f"  {description}")
 
-        return task, lambda rows: self.progress.advance(self.epoch, rows)
+    def advance(self, rows: int) -> None:
+        if self.epoch is not None:
+            self.progress.advance(self.epoch, rows)
+
+    def note(self, message: str) -> None:
+        self.progress.console.print(f"[dim]{message}[/dim]")
+
+
+def _as_for_distill(config_class: type, name: str, **options) -> typer.models.OptionInfo:
+    """A sweep option left unset unless given (the sweep file may set it): its help is the config field's,
+    and the default it stands for is shown beside it."""
+    default = {f.name: f.default for f in dataclasses.fields(config_class)}[name]
+    shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
+    if default not in (None, ()):
+        options.setdefault("show_default", f"{shown}")
+    return typer.Option(help=field_help(config_class, name), **options)
 
 
 @app.command()
@@ -55,30 +75,28 @@ def sweep(
     out: Annotated[Path | None, typer.Option(help="Sweep directory: runs/, leaderboard.*, robustness.*.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML or YAML file with any of these options (flag names, "
                                                         "lists for the grid); flags given here override it.")] = None,
-    strategy: Annotated[list[str] | None, typer.Option(help="Strategy; repeat for several. [default: expert]")] = None,
-    alpha: Annotated[list[float] | None, typer.Option(help="α; repeat for several. [default: 0.5]")] = None,
-    temperature: Annotated[list[float] | None, typer.Option(help="T; repeat for several. [default: 2]")] = None,
-    seed: Annotated[list[int] | None, typer.Option(help="Seed; repeat for several. [default: 0]")] = None,
-    teacher_subsets: Annotated[list[int] | None, typer.Option(
-        help="k: run every k-combination of the teacher pool; repeat for several k. [default: the whole pool]")] = None,
-    teachers: Annotated[str | None, typer.Option(help="Comma-separated teacher pool. [default: every teacher]")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Start no new run after this many minutes.")] = None,
-    metric: Annotated[str | None, typer.Option(help="accuracy, macro_f1 or mcc: what the leaderboard ranks by. "
-                                                       "[default: accuracy]")] = None,
-    epochs: Annotated[int | None, typer.Option(help="As for distill. [default: 3]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="As for distill. [default: 8]")] = None,
-    lr: Annotated[float | None, typer.Option(help="As for distill. [default: 5e-5]")] = None,
-    max_length: Annotated[int | None, typer.Option(help="As for distill. [default: 128]")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. [default: auto]")] = None,
-    patience: Annotated[int | None, typer.Option(help="As for distill.")] = None,
-    warmup_epochs: Annotated[int | None, typer.Option(help="As for distill. [default: 0]")] = None,
-    tokenizer: Annotated[str | None, typer.Option(help="As for distill.")] = None,
-    train_split: Annotated[str | None, typer.Option(help="As for distill. [default: train]")] = None,
-    eval_split: Annotated[str | None, typer.Option(help="As for distill. [default: test]")] = None,
-    selection_split: Annotated[str | None, typer.Option(help="As for distill. [default: validation]")] = None,
-    expert_split: Annotated[str | None, typer.Option(help="As for distill. [default: test]")] = None,
-    noise_std: Annotated[float | None, typer.Option(help="noisy: sigma. [default: 1.0]")] = None,
-    gamma: Annotated[float | None, typer.Option(help="expert-soft: sharpening. [default: 2.0]")] = None,
+    strategy: Annotated[list[str] | None, _as_for_distill(SweepGrid, "strategies")] = None,
+    alpha: Annotated[list[float] | None, _as_for_distill(SweepGrid, "alphas")] = None,
+    temperature: Annotated[list[float] | None, _as_for_distill(SweepGrid, "temperatures")] = None,
+    seed: Annotated[list[int] | None, _as_for_distill(SweepGrid, "seeds")] = None,
+    teacher_subsets: Annotated[list[int] | None, _as_for_distill(SweepGrid, "subset_sizes")] = None,
+    teachers: Annotated[str | None, typer.Option(help="Comma-separated teacher pool.", show_default="every teacher")] = None,
+    max_minutes: Annotated[float | None, _as_for_distill(SweepConfig, "max_minutes")] = None,
+    metric: Annotated[str | None, _as_for_distill(SweepConfig, "metric")] = None,
+    epochs: Annotated[int | None, _as_for_distill(TrainConfig, "epochs")] = None,
+    batch_size: Annotated[int | None, _as_for_distill(TrainConfig, "batch_size")] = None,
+    lr: Annotated[float | None, _as_for_distill(TrainConfig, "learning_rate")] = None,
+    max_length: Annotated[int | None, _as_for_distill(TrainConfig, "max_length")] = None,
+    device: Annotated[str | None, _as_for_distill(TrainConfig, "device")] = None,
+    patience: Annotated[int | None, _as_for_distill(TrainConfig, "patience")] = None,
+    warmup_epochs: Annotated[int | None, _as_for_distill(TrainConfig, "warmup_epochs")] = None,
+    tokenizer: Annotated[str | None, _as_for_distill(DistillConfig, "tokenizer")] = None,
+    train_split: Annotated[str | None, _as_for_distill(DistillConfig, "train_split")] = None,
+    eval_split: Annotated[str | None, _as_for_distill(DistillConfig, "eval_split")] = None,
+    selection_split: Annotated[str | None, _as_for_distill(DistillConfig, "selection_split")] = None,
+    expert_split: Annotated[str | None, _as_for_distill(DistillConfig, "expert_split")] = None,
+    noise_std: Annotated[float | None, _as_for_distill(StrategyConfig, "noise_std")] = None,
+    gamma: Annotated[float | None, _as_for_distill(StrategyConfig, "gamma")] = None,
 ) -> None:
     """Distil a grid of strategies × α × T × seeds × teacher subsets from one load of the cache; rank them.
 
@@ -90,11 +108,9 @@ def sweep(
     events = _SweepProgress()
     with events.progress:
         result = run_sweep(sweep_config, events)
-    if not distributed.current().is_main:
-        return  # under torchrun rank 0 writes the leaderboard of every rank's runs
-    out_dir = sweep_config.base.out
-    frame = write_leaderboard(out_dir, result.rows, sweep_config.metric)
-    _print_leaderboard(frame, sweep_config.metric)
+    if result.leaderboard is None:
+        return  # under torchrun rank 0 reports the runs of every rank
+    _print_leaderboard(result.leaderboard, sweep_config.metric.value)
     trained = result.trained
     loop_seconds = sum(r.train_seconds for r in trained)
     skipped = len(result.rows) - len(trained)
@@ -105,8 +121,8 @@ def sweep(
     if result.stopped_by_budget:
         stdout.print(f"[yellow]stopped: --max-minutes {sweep_config.max_minutes:g} reached; re-run the same command "
                      "to continue.[/yellow]")
-    stdout.print(f"wrote {out_dir / 'leaderboard.md'}, leaderboard.parquet"
-                 + (", robustness.parquet and robustness.png" if result.rows else ""))
+    stdout.print(f"wrote {sweep_config.base.out / LEADERBOARD_MD}, {LEADERBOARD}"
+                 + (f", {ROBUSTNESS} and {ROBUSTNESS_PLOT}" if result.rows else ""))
 
 
 def _print_leaderboard(frame, metric: str) -> None:

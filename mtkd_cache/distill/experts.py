@@ -11,13 +11,13 @@ student; `--expert-split validation` avoids that.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from mtkd_cache.atomic import write_atomically
 from mtkd_cache.errors import ConfigError, DataError
 
 EXPERTS_DIR = "experts"
@@ -103,18 +103,18 @@ def expert_table_path(cache_dir: Path, split: str, teachers: tuple[str, ...]) ->
 def save_expert_table(cache_dir: Path, table: ExpertTable, dataset_fingerprint: str) -> Path:
     """Stored beside the manifest (a derived file: recomputable, keyed by split and teacher set)."""
     path = expert_table_path(cache_dir, table.split, table.teachers)
-    path.parent.mkdir(exist_ok=True)
-    temporary = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    temporary.write_text(json.dumps({"dataset_fingerprint": dataset_fingerprint, **table.to_json()}, indent=1))
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps({"dataset_fingerprint": dataset_fingerprint, **table.to_json()}, indent=1),
+                     durable=False)
     return path
 
 
-def parse_teacher_subset(value: str | None, available: tuple[str, ...]) -> tuple[str, ...]:
+def parse_teacher_subset(value: str | tuple[str, ...] | None, available: tuple[str, ...]) -> tuple[str, ...]:
+    """The named teachers (a tuple, or a comma-separated string), checked against the cache's; all when none."""
     if not value:
         return available
-    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    names = tuple(part.strip() for part in (value.split(",") if isinstance(value, str) else value) if part.strip())
     unknown = [n for n in names if n not in available]
     if unknown or len(set(names)) != len(names):
-        raise ConfigError(f"--teachers {value}: the cache's teachers are {', '.join(available)}; name each once.")
+        raise ConfigError(f"--teachers {','.join(names)}: the cache's teachers are {', '.join(available)}; "
+                          "name each once.")
     return names

@@ -12,17 +12,19 @@ trains exactly like the same run alone.
 
 from __future__ import annotations
 
-import os
+import io
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mtkd_cache.atomic import write_atomically
 from mtkd_cache.cache.reader import Cache, SplitInputs, open_cache
 from mtkd_cache.data.batching import TokenizedRows, tokenize_rows
 from mtkd_cache.distill.experts import ExpertTable, compute_expert_table, save_expert_table
 from mtkd_cache.distill.strategies import STOCHASTIC, ExpertTensors, StrategyConfig, TeacherSignal, select
+from mtkd_cache.errors import CacheWriteError
 from mtkd_cache.hashing import sha256_bytes, sha256_files
 
 STUDENT_INPUTS_DIR = "student-inputs"
@@ -59,7 +61,7 @@ class PreparedCache:
             table = compute_expert_table(preds.numpy(), self.inputs(split).labels, teachers, self.cache.label_names, split)
             try:
                 save_expert_table(self.cache.path, table, self.cache.manifest.dataset.fingerprint)
-            except OSError:
+            except (OSError, CacheWriteError):
                 pass  # a read-only shared cache: the table is recomputed next time, nothing is lost
             self._tables[key] = table
         return self._tables[key]
@@ -138,14 +140,10 @@ def _save_tokens(path: Path, tokens: TokenizedRows) -> None:
     arrays = {"ids": tokens.ids, "offsets": tokens.offsets, "truncated_rows": np.int64(tokens.truncated_rows)}
     if tokens.type_ids is not None:
         arrays["type_ids"] = tokens.type_ids
-    temporary = None
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
     try:
-        path.parent.mkdir(exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, **arrays)
-        os.replace(temporary, path)
-    except OSError:
-        # A read-only shared cache or a full disk: the tokens stay in memory for this process only.
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
+        # A derived file, recomputed when lost: no fsync.
+        write_atomically(path, buffer.getvalue(), durable=False)
+    except CacheWriteError:
+        pass  # a read-only shared cache or a full disk: the tokens stay in memory for this process only

@@ -14,7 +14,7 @@ seeded generator and are re-drawn every epoch; the others are computed once per 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +27,44 @@ class Combine(enum.Enum):
     LOSSES = "losses"
 
 
+class Strategy(str, enum.Enum):
+    """The selection strategies (DESIGN.md "Strategies"); the value is the CLI's and report's name."""
+
+    EXPERT = "expert"
+    AVERAGE = "average"
+    RANDOM = "random"
+    BEST = "best"
+    CAMKD = "camkd"
+    MTBERT = "mtbert"
+    NOISY = "noisy"
+    EXPERT_SOFT = "expert-soft"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def parse(cls, value: str | Strategy, option: str = "--strategy") -> Strategy:
+        """The strategy called `value`; a ConfigError naming `option` and the choices otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"{option} must be one of {', '.join(s.value for s in cls)}, not '{value}'.") from None
+
+
+STRATEGY_NAMES = tuple(s.value for s in Strategy)
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
-    name: str = "expert"
-    noise_std: float = 1.0  # `noisy`: sigma of the Gaussian added to the teacher's logits
-    gamma: float = 2.0  # `expert-soft`: sharpening exponent on per-class accuracies
+    name: Strategy = field(default=Strategy.EXPERT, metadata={"help": f"One of {', '.join(STRATEGY_NAMES)}."})
+    noise_std: float = field(default=1.0, metadata={"help": "noisy: sigma of the logit noise."})
+    gamma: float = field(default=2.0, metadata={"help": "expert-soft: sharpening exponent."})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", Strategy.parse(self.name))  # a plain string is accepted too
 
 
 @dataclass
@@ -126,17 +159,13 @@ def expert_soft(logits, preds, labels, table: ExpertTensors, generator=None, con
 
 
 STRATEGIES = {
-    "expert": expert, "average": average, "random": random_teacher, "best": best,
-    "camkd": camkd, "mtbert": mtbert, "noisy": noisy, "expert-soft": expert_soft,
+    Strategy.EXPERT: expert, Strategy.AVERAGE: average, Strategy.RANDOM: random_teacher, Strategy.BEST: best,
+    Strategy.CAMKD: camkd, Strategy.MTBERT: mtbert, Strategy.NOISY: noisy, Strategy.EXPERT_SOFT: expert_soft,
 }
-STOCHASTIC = frozenset({"random", "noisy"})  # re-drawn every epoch from the seeded generator
-NEEDS_EXPERTS = frozenset({"expert", "best", "noisy", "expert-soft"})
+STOCHASTIC = frozenset({Strategy.RANDOM, Strategy.NOISY})  # re-drawn every epoch from the seeded generator
+NEEDS_EXPERTS = frozenset({Strategy.EXPERT, Strategy.BEST, Strategy.NOISY, Strategy.EXPERT_SOFT})
 
 
 def select(config: StrategyConfig, logits: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor,
            table: ExpertTensors | None, generator: torch.Generator | None = None) -> TeacherSignal:
-    try:
-        strategy = STRATEGIES[config.name]
-    except KeyError:
-        raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, not '{config.name}'.") from None
-    return strategy(logits, preds, labels, table, generator, config)
+    return STRATEGIES[config.name](logits, preds, labels, table, generator, config)

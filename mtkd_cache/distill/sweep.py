@@ -5,9 +5,10 @@ k-combination of the teacher pool (the robustness study compared 1 to 6 teachers
 combination). All runs share one PreparedCache: the cache is read and verified once, each split is
 tokenized once, and a deterministic strategy's targets are computed once per teacher subset.
 
-Each run writes OUT/runs/<name>-<hash>/ exactly as `distill` does; the hash covers the whole run
-configuration, the dataset fingerprint and the teachers' weights, so re-running a sweep skips finished
-runs, resumes a killed one from its last epoch checkpoint and never mixes runs of another grid.
+Each run writes OUT/runs/<name>-<hash>/ exactly as `distill` does; the hash is the start of the run's
+fingerprint (run.py: the whole resolved configuration, the dataset fingerprint and the teachers'
+weights), so re-running a sweep skips finished runs, resumes a killed one from its last epoch checkpoint
+and never mixes runs of another grid. `run_sweep` writes leaderboard.* and robustness.* itself.
 """
 
 from __future__ import annotations
@@ -15,42 +16,52 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
+
+import polars as pl
 
 from mtkd_cache import distributed
 from mtkd_cache._faults import fault_point
+from mtkd_cache.atomic import write_atomically
 from mtkd_cache.config_files import read_options_file
+from mtkd_cache.distill.configs import DistillConfig
 from mtkd_cache.distill.experts import parse_teacher_subset
-from mtkd_cache.distill.runs import DistillConfig, RunResult, _config_dict, _fingerprint, _portable, distill, resolve_splits
+from mtkd_cache.distill.runs import RunResult, distill, distill_identity, resolve_splits
 from mtkd_cache.distill.session import PreparedCache
-from mtkd_cache.distill.strategies import STRATEGIES, StrategyConfig
+from mtkd_cache.distill.strategies import Strategy, StrategyConfig
+from mtkd_cache.distill.training import TrainConfig
 from mtkd_cache.errors import ConfigError
-from mtkd_cache.report.leaderboard import METRICS, RunRow
+from mtkd_cache.layout import SWEEP_RUN_DONE, SWEEP_RUNS_DIR
+from mtkd_cache.progress import ProgressEvents, SilentEvents
+from mtkd_cache.report.leaderboard import Metric, RunRow, write_leaderboard
 
-RUNS_DIR = "runs"
-DONE_MARKER = "sweep_run.json"  # written last: a run directory without it is unfinished
+RUNS_DIR = SWEEP_RUNS_DIR
+DONE_MARKER = SWEEP_RUN_DONE  # written last: a run directory without it is unfinished
 
 
 @dataclass(frozen=True)
 class SweepGrid:
-    strategies: tuple[str, ...] = ("expert",)
-    alphas: tuple[float, ...] = (0.5,)
-    temperatures: tuple[float, ...] = (2.0,)
-    seeds: tuple[int, ...] = (0,)
-    subset_sizes: tuple[int, ...] = ()  # every k-combination of the pool for each k; empty = the whole pool
+    strategies: tuple[Strategy, ...] = field(default=(Strategy.EXPERT,), metadata={"help": "Strategy; repeat for several."})
+    alphas: tuple[float, ...] = field(default=(0.5,), metadata={"help": "α; repeat for several."})
+    temperatures: tuple[float, ...] = field(default=(2.0,), metadata={"help": "T; repeat for several."})
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "Seed; repeat for several."})
+    subset_sizes: tuple[int, ...] = field(default=(), metadata={
+        "help": "k: run every k-combination of the teacher pool; repeat for several k (none given: the whole pool)."})
 
-    def validate(self, pool_size: int) -> None:
+    def __post_init__(self) -> None:
         for name, values in (("--strategy", self.strategies), ("--alpha", self.alphas),
                              ("--temperature", self.temperatures), ("--seed", self.seeds)):
             if not values:
                 raise ConfigError(f"{name} needs at least one value.")
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        unknown = [str(s) for s in self.strategies if s not in set(Strategy)]
         if unknown:
-            raise ConfigError(f"--strategy {', '.join(unknown)}: choose from {', '.join(STRATEGIES)}.")
+            raise ConfigError(f"--strategy {', '.join(unknown)}: choose from {', '.join(s.value for s in Strategy)}.")
+        object.__setattr__(self, "strategies", tuple(Strategy(s) for s in self.strategies))
+
+    def check_subset_sizes(self, pool_size: int) -> None:
         bad_sizes = [k for k in self.subset_sizes if not 1 <= k <= pool_size]
         if bad_sizes:
             raise ConfigError(f"--teacher-subsets {bad_sizes[0]}: the pool has {pool_size} teacher(s), so k must be "
@@ -64,8 +75,12 @@ class SweepConfig:
 
     base: DistillConfig
     grid: SweepGrid = SweepGrid()
-    max_minutes: float | None = None  # no new run starts after this much time
-    metric: str = "accuracy"  # what the leaderboard ranks by
+    max_minutes: float | None = field(default=None, metadata={"help": "Start no new run after this many minutes."})
+    metric: Metric = field(default=Metric.ACCURACY, metadata={"help": "accuracy, macro_f1 or mcc: what the leaderboard "
+                                                                      "ranks by."})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metric", Metric.parse(self.metric))
 
 
 @dataclass(frozen=True)
@@ -80,24 +95,28 @@ class SweepResult:
     planned: int = 0
     stopped_by_budget: bool = False
     seconds: float = 0.0  # this invocation, load included
+    leaderboard: pl.DataFrame | None = None  # the frame of leaderboard.parquet (main rank)
 
     @property
     def trained(self) -> list[RunRow]:
         return [r for r in self.rows if r.status == "trained"]
 
 
-class SweepEvents:
-    """Hooks for a progress display; the default does nothing."""
+class SweepEvents(ProgressEvents, Protocol):
+    """The progress hooks of every run's epochs, and a hook before and after each run."""
 
     def run_started(self, index: int, total: int, name: str) -> None: ...
     def run_finished(self, row: RunRow) -> None: ...
-    def epoch_progress(self) -> tuple[Callable | None, Callable | None]:
-        return None, None
+
+
+class SilentSweepEvents(SilentEvents):
+    def run_started(self, index: int, total: int, name: str) -> None: pass
+    def run_finished(self, row: RunRow) -> None: pass
 
 
 def expand_grid(config: SweepConfig, cache_teachers: tuple[str, ...]) -> list[SweepRun]:
     pool = parse_teacher_subset(config.base.teachers, cache_teachers)
-    config.grid.validate(len(pool))
+    config.grid.check_subset_sizes(len(pool))
     subsets = [c for k in config.grid.subset_sizes for c in itertools.combinations(pool, k)] or [pool]
     runs = []
     for strategy, alpha, temperature, seed, subset in itertools.product(
@@ -105,7 +124,7 @@ def expand_grid(config: SweepConfig, cache_teachers: tuple[str, ...]) -> list[Sw
         base = config.base
         run_config = dataclasses.replace(
             base, strategy=dataclasses.replace(base.strategy, name=strategy), alpha=alpha, temperature=temperature,
-            teachers=",".join(subset), train=dataclasses.replace(base.train, seed=seed))
+            teachers=subset, train=dataclasses.replace(base.train, seed=seed))
         runs.append(SweepRun(f"{strategy}-a{alpha:g}-T{temperature:g}-s{seed}-{'+'.join(subset)}", run_config))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
@@ -114,14 +133,12 @@ def expand_grid(config: SweepConfig, cache_teachers: tuple[str, ...]) -> list[Sw
 
 
 def run_sweep(config: SweepConfig, events: SweepEvents | None = None) -> SweepResult:
-    events = events or SweepEvents()
+    """Train every run of the grid not finished yet; write the leaderboard and robustness files in OUT."""
+    events = events or SilentSweepEvents()
     started = time.perf_counter()
-    if config.metric not in METRICS:
-        raise ConfigError(f"--metric must be one of {', '.join(METRICS)}, not '{config.metric}'.")
     prepared = PreparedCache(config.base.cache)
     runs = expand_grid(config, prepared.cache.teacher_names)
     resolve_splits(config.base, prepared.cache.split_names)
-    manifest = prepared.cache.manifest
     context = distributed.current()
     config.base.out.mkdir(parents=True, exist_ok=True)
     done: list[tuple[int, RunRow]] = []
@@ -130,9 +147,8 @@ def run_sweep(config: SweepConfig, events: SweepEvents | None = None) -> SweepRe
     # faster than DDP when a student fits one GPU.
     for index in range(context.rank, len(runs), context.world_size):
         run = runs[index]
-        identity = _fingerprint({**_portable(_config_dict(run.config)), "cache_fingerprint": manifest.dataset.fingerprint,
-                                 "teacher_weights": [manifest.teachers[t].weights_sha256 for t in run.config.teachers.split(",")]})
-        run_dir = config.base.out / RUNS_DIR / f"{run.name}-{identity[:10]}"
+        identity = distill_identity(run.config, prepared.cache)  # the very identity `distill` checks inside
+        run_dir = config.base.out / RUNS_DIR / f"{run.name}-{identity.fingerprint[:10]}"
         finished = _finished_row(run_dir)
         if finished is not None:
             done.append((index, finished))
@@ -143,26 +159,26 @@ def run_sweep(config: SweepConfig, events: SweepEvents | None = None) -> SweepRe
             break
         events.run_started(index, len(runs), run.name)
         run_started = time.perf_counter()
-        outcome = distill(dataclasses.replace(run.config, out=run_dir), *events.epoch_progress(), prepared=prepared,
-                          data_parallel=False)
+        outcome = distill(dataclasses.replace(run.config, out=run_dir), events, prepared=prepared, data_parallel=False)
         row = _row(run_dir.name, run.config, outcome, time.perf_counter() - run_started)
-        _write_json_atomically(run_dir / DONE_MARKER, dataclasses.asdict(row))
+        write_atomically(run_dir / DONE_MARKER, json.dumps(dataclasses.asdict(row), indent=1), durable=False)
         fault_point("sweep_run_finished")
         done.append((index, row))
         events.run_finished(row)
     gathered = context.all_gather((done, stopped))
     rows = [row for _, row in sorted((pair for part, _ in gathered for pair in part), key=lambda pair: pair[0])]
+    # Under torchrun rank 0 writes the leaderboard of every rank's runs.
+    leaderboard = write_leaderboard(config.base.out, rows, config.metric) if context.is_main else None
     return SweepResult(rows=rows, planned=len(runs), stopped_by_budget=any(flag for _, flag in gathered),
-                       seconds=time.perf_counter() - started)
+                       seconds=time.perf_counter() - started, leaderboard=leaderboard)
 
 
 def _row(name: str, config: DistillConfig, outcome: RunResult, run_seconds: float) -> RunRow:
     report = outcome.report
-    return RunRow(run=name, strategy=config.strategy.name, alpha=config.alpha, temperature=config.temperature,
-                  seed=config.train.seed, teachers=config.teachers, num_teachers=len(config.teachers.split(",")),
-                  accuracy=report["accuracy"], macro_f1=report["macro_f1"], mcc=report["mcc"],
-                  best_epoch=report["best_epoch"], train_seconds=report["train_seconds"], run_seconds=run_seconds,
-                  status="trained")
+    return RunRow(run=name, strategy=config.strategy.name.value, alpha=config.alpha, temperature=config.temperature,
+                  seed=config.train.seed, teachers=",".join(config.teachers), num_teachers=len(config.teachers),
+                  accuracy=report.accuracy, macro_f1=report.macro_f1, mcc=report.mcc, best_epoch=report.best_epoch,
+                  train_seconds=report.train_seconds, run_seconds=run_seconds, status="trained")
 
 
 def _finished_row(run_dir: Path) -> RunRow | None:
@@ -170,13 +186,6 @@ def _finished_row(run_dir: Path) -> RunRow | None:
         return RunRow(**{**json.loads((run_dir / DONE_MARKER).read_text()), "status": "skipped"})
     except (OSError, ValueError, TypeError):
         return None  # absent, or cut short by a kill: the run is (re)done, resuming from its checkpoint
-
-
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    temporary = path.with_name(f".tmp-{path.name}.{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=1))
-    os.replace(temporary, path)
-
 
 
 # A sweep from options (CLI flags or a TOML/YAML file): the keys are the `sweep` command's flag names.
@@ -187,6 +196,9 @@ _RUN_KEYS = {"cache": Path, "student": str, "out": Path, "teachers": str, "token
              "eval_split": str, "selection_split": str, "expert_split": str, "noise_std": float, "gamma": float}
 _SWEEP_KEYS = {"max_minutes": float, "metric": str}
 OPTION_KEYS = {**_GRID_KEYS, **_TRAIN_KEYS, **_RUN_KEYS, **_SWEEP_KEYS}
+_GRID_FIELDS = {"strategy": "strategies", "alpha": "alphas", "temperature": "temperatures", "seed": "seeds",
+                "teacher_subsets": "subset_sizes"}
+_TRAIN_FIELDS = {"lr": "learning_rate"}
 
 
 def load_sweep_file(path: Path) -> dict:
@@ -219,16 +231,9 @@ def sweep_config_from_options(options: dict) -> SweepConfig:
             values[key] = tuple(_coerce(key, v, _GRID_KEYS[key]) for v in (value if isinstance(value, list) else [value]))
         else:
             values[key] = _coerce(key, value, OPTION_KEYS[key])
-    defaults_grid, defaults_run = SweepGrid(), DistillConfig(cache=Path(), student="", out=Path())
-    grid = SweepGrid(strategies=values.get("strategy", defaults_grid.strategies),
-                     alphas=values.get("alpha", defaults_grid.alphas),
-                     temperatures=values.get("temperature", defaults_grid.temperatures),
-                     seeds=values.get("seed", defaults_grid.seeds), subset_sizes=values.get("teacher_subsets", ()))
-    train_fields = {"lr": "learning_rate"}
-    train = dataclasses.replace(defaults_run.train, **{train_fields.get(k, k): values[k] for k in _TRAIN_KEYS if k in values})
-    strategy = StrategyConfig(noise_std=values.get("noise_std", 1.0), gamma=values.get("gamma", 2.0))
+    grid = SweepGrid(**{field_name: values[key] for key, field_name in _GRID_FIELDS.items() if key in values})
+    train = TrainConfig(**{_TRAIN_FIELDS.get(k, k): values[k] for k in _TRAIN_KEYS if k in values})
+    strategy = StrategyConfig(**{k: values[k] for k in ("noise_std", "gamma") if k in values})
     run_options = {k: values[k] for k in _RUN_KEYS if k in values and k not in ("noise_std", "gamma")}
-    base = dataclasses.replace(defaults_run, **run_options, strategy=strategy, train=train)
-    base.train.validate()
-    return SweepConfig(base=base, grid=grid, max_minutes=values.get("max_minutes"),
-                       metric=values.get("metric", "accuracy"))
+    base = DistillConfig(**run_options, strategy=strategy, train=train)
+    return SweepConfig(base=base, grid=grid, **{k: values[k] for k in _SWEEP_KEYS if k in values})

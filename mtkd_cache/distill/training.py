@@ -9,8 +9,8 @@ Under a fixed seed on CPU two runs give identical students: batches come from a 
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -21,32 +21,37 @@ import numpy as np
 import torch
 
 from mtkd_cache._faults import fault_point
+from mtkd_cache.atomic import TEMP_PREFIX, replace_directory, write_atomically
 from mtkd_cache.data.batching import TokenizedRows, batched_forward, pad_rows
 from mtkd_cache.distill.losses import distillation_loss, supervised_loss
 from mtkd_cache.distill.strategies import TeacherSignal
 from mtkd_cache.distributed import DistributedContext
 from mtkd_cache.errors import ConfigError
+from mtkd_cache.layout import CHECKPOINT, STUDENT_DIR
+from mtkd_cache.progress import ProgressEvents, SilentEvents
 
-CHECKPOINT = "checkpoint.pt"
-BEST_DIR = "student"
+BEST_DIR = STUDENT_DIR  # the name the demo and the serve stage know the best student's directory by
 _BUCKET_BATCHES = 50  # rows are sorted by length within windows of this many batches
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 8
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1  # share of optimizer steps with a linearly rising learning rate
-    max_grad_norm: float = 1.0
-    max_length: int = 128
-    seed: int = 0
-    device: str = "auto"
-    patience: int | None = None  # stop after this many epochs without a better selection score
-    warmup_epochs: int = 0  # plain fine-tuning epochs before distillation (counted in `epochs`)
+    epochs: int = field(default=3, metadata={"help": "Training epochs, warm-up epochs included."})
+    batch_size: int = field(default=8, metadata={"help": "Rows per optimizer step."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of optimizer steps with a linearly rising "
+                                                               "learning rate."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    max_length: int = field(default=128, metadata={"help": "Student tokens per text."})
+    seed: int = field(default=0, metadata={"help": "Seed: on CPU a run is reproducible bit for bit."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
+    patience: int | None = field(default=None, metadata={"help": "Stop after this many epochs without a better "
+                                                                 "selection score."})
+    warmup_epochs: int = field(default=0, metadata={"help": "Plain fine-tuning epochs before distillation "
+                                                            "(counted in --epochs)."})
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         checks = [(self.epochs >= 1, "--epochs must be at least 1"), (self.batch_size >= 1, "--batch-size must be positive"),
                   (self.learning_rate > 0, "--lr must be positive"), (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
                   (0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs must be between 0 and --epochs"),
@@ -140,16 +145,16 @@ def predict_logits(model, tokens: TokenizedRows, pad_id: int, device: torch.devi
 def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, selection: SplitTensors,
           config: TrainConfig, run_dir: Path, pad_id: int, distillation: Distillation | None,
           score: Callable[[np.ndarray, np.ndarray], float], fingerprint: str,
-          progress: Callable[[str, int], None] | None = None, advance: Callable[[int], None] | None = None,
-          context: DistributedContext = DistributedContext()) -> TrainResult:
+          events: ProgressEvents = SilentEvents(), context: DistributedContext = DistributedContext(),
+          resume: dict | None = None) -> TrainResult:
     """Train `model`; the best epoch by `score(pred, labels)` on `selection` is saved to run_dir/student.
 
-    `fingerprint` identifies the whole run configuration: a checkpoint from another configuration is
-    refused rather than resumed. Under torchrun (`context.active`) the model is wrapped in
-    DistributedDataParallel and each global batch — the very batch a single process would take — is
-    split across ranks; only rank 0 writes the checkpoint and the student.
+    `resume` is the checkpoint state of this very run (`Run.checkpoint` read it once and checked its
+    fingerprint); training continues after its epoch. `fingerprint` is saved in every checkpoint. Under
+    torchrun (`context.active`) the model is wrapped in DistributedDataParallel and each global batch — the
+    very batch a single process would take — is split across ranks; only rank 0 writes the checkpoint and
+    the student. `events` gets a task per epoch and an advance per batch.
     """
-    config.validate()
     device = context.device(config.device)
     torch.manual_seed(config.seed)
     model.to(device)
@@ -172,18 +177,15 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
 
     result, start_epoch = TrainResult(), 0
     if context.is_main:
-        _recover_best(run_dir / BEST_DIR)
+        recover_interrupted_writes(run_dir)
     checkpoint_path = run_dir / CHECKPOINT
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
-        if state["fingerprint"] != fingerprint:
-            raise ConfigError(f"{run_dir} holds a run with another configuration; choose a new --out or delete it.")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        result = TrainResult(**{**state["result"], "history": [EpochRecord(**r) for r in state["result"]["history"]]})
-        start_epoch = state["epoch"] + 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng"])
+        result = TrainResult(**{**resume["result"], "history": [EpochRecord(**r) for r in resume["result"]["history"]]})
+        start_epoch = resume["epoch"] + 1
 
     epochs_since_best = sum(1 for r in result.history if r.epoch > result.best_epoch)
     for epoch in range(start_epoch, config.epochs):
@@ -195,8 +197,7 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
         signal = distillation.signal_for_epoch(epoch) if distilling else None
         rows = all_rows if distilling else labeled_rows
         batches = bucketed_batches(train_data.tokens.lengths, rows, config.batch_size, generator)
-        if progress:
-            progress(f"epoch {epoch + 1}/{config.epochs} ({'distill' if distilling else 'finetune'})", len(rows))
+        events.task(f"epoch {epoch + 1}/{config.epochs} ({'distill' if distilling else 'finetune'})", len(rows))
         model.train()
         total_loss = 0.0
         for batch_rows in batches:
@@ -219,8 +220,7 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
             scaler.update()
             scheduler.step()
             total_loss += loss.item() * len(local_rows) * (share > 0)
-            if advance:
-                advance(len(batch_rows))
+            events.advance(len(batch_rows))
         total_loss = sum(context.all_gather(total_loss))
         preds = _predict_split(model, selection.tokens, pad_id, device, context).argmax(axis=1)
         epoch_score = score(preds, selection.labels)
@@ -229,7 +229,7 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
         if epoch_score > result.best_score:
             result.best_score, result.best_epoch, epochs_since_best = epoch_score, epoch, 0
             if context.is_main:
-                _replace_directory(run_dir / BEST_DIR, save_model)
+                replace_directory(run_dir / STUDENT_DIR, save_model)
         else:
             epochs_since_best += 1
             result.stopped_early = config.patience is not None and epochs_since_best >= config.patience
@@ -276,29 +276,28 @@ def _predict_split(model, tokens: TokenizedRows, pad_id: int, device: torch.devi
     return out
 
 
-def _replace_directory(target: Path, save: Callable[[Path], None]) -> None:
-    """Write a new best student beside the old one, then swap, so a kill never leaves a half-saved student."""
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    save(partial)
-    previous = target.with_name(target.name + ".previous")
-    if target.exists():
-        shutil.rmtree(previous, ignore_errors=True)
-        target.rename(previous)
-    partial.rename(target)
-    shutil.rmtree(previous, ignore_errors=True)
+def recover_interrupted_writes(run_dir: Path) -> None:
+    """Undo what a kill in the middle of a write left in `run_dir` (the atomic module's temporaries).
 
-
-def _recover_best(target: Path) -> None:
-    """A kill between the two renames of `_replace_directory` leaves the old best under `.previous`."""
-    previous = target.with_name(target.name + ".previous")
-    if previous.exists() and not target.exists():
-        previous.rename(target)
+    `atomic.replace_directory` moves the old best student aside as `.tmp-student.<pid>.old` before renaming
+    the new one in; a kill between the two renames leaves no student/, so the aside copy is renamed back.
+    Every other temporary of a killed writer (a half-filled student, a half-written checkpoint) is removed:
+    the checkpoint it would have replaced is still the last complete one. The killed process's pid is
+    unknown here, hence the match on the name without it."""
+    student = run_dir / STUDENT_DIR
+    leftovers = sorted(run_dir.glob(f"{TEMP_PREFIX}*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in leftovers:  # newest first: after several kills the latest aside copy is the best student
+        if path.name.startswith(f"{TEMP_PREFIX}{STUDENT_DIR}.") and path.name.endswith(".old") and not student.exists():
+            path.rename(student)
+        elif path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, result: TrainResult, fingerprint: str) -> None:
-    temporary = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state(), "epoch": epoch, "fingerprint": fingerprint,
-                "result": {**asdict(result), "history": [asdict(r) for r in result.history]}}, temporary)
-    os.replace(temporary, path)
+                "result": {**asdict(result), "history": [asdict(r) for r in result.history]}}, buffer)
+    write_atomically(path, buffer.getvalue(), fault="checkpoint")

@@ -9,17 +9,43 @@ leaderboard.md and robustness.png in the sweep directory.
 from __future__ import annotations
 
 import dataclasses
+import enum
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from mtkd_cache.report.evaluation import new_axes, save_figure
+from mtkd_cache.atomic import write_atomically
+from mtkd_cache.errors import ConfigError
+from mtkd_cache.layout import LEADERBOARD, LEADERBOARD_MD, ROBUSTNESS, ROBUSTNESS_PLOT
+from mtkd_cache.report.plots import plot_robustness
 
 CONFIG = ["strategy", "alpha", "temperature"]
 
 
-METRICS = ("accuracy", "macro_f1", "mcc")
+class Metric(str, enum.Enum):
+    """What a leaderboard ranks by (and robustness spreads): a column of every run's row."""
+
+    ACCURACY = "accuracy"
+    MACRO_F1 = "macro_f1"
+    MCC = "mcc"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def parse(cls, value: str | Metric, option: str = "--metric") -> Metric:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"{option} must be one of {', '.join(METRICS)}, not '{value}'.") from None
+
+
+METRICS = tuple(m.value for m in Metric)
 
 
 @dataclass
@@ -74,14 +100,22 @@ def _markdown(frame: pl.DataFrame, float_columns: set[str]) -> list[str]:
     return lines
 
 
-def write_leaderboard(out: Path, rows: list[RunRow], metric: str) -> pl.DataFrame:
+def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    write_atomically(path, buffer.getvalue(), durable=False)
+
+
+def write_leaderboard(out: Path, rows: list[RunRow], metric: str | Metric) -> pl.DataFrame:
+    """leaderboard.parquet and leaderboard.md; with at least one row also robustness.parquet and robustness.png."""
+    metric = Metric.parse(metric).value
     frame = leaderboard_frame(rows, metric)
-    frame.write_parquet(out / "leaderboard.parquet")
+    _write_parquet(frame, out / LEADERBOARD)
     if not rows:
-        (out / "leaderboard.md").write_text("# Sweep leaderboard\n\nNo run has finished yet.\n")
+        write_atomically(out / LEADERBOARD_MD, "# Sweep leaderboard\n\nNo run has finished yet.\n", durable=False)
         return frame
     over_subsets = robustness_over_subsets(frame, metric)
-    over_subsets.write_parquet(out / "robustness.parquet")
+    _write_parquet(over_subsets, out / ROBUSTNESS)
     scores = {"worst", "mean", "best", "std", *METRICS}
     shown = frame.select("run", *METRICS, "best_epoch", "train_seconds", "run_seconds")
     lines = [f"# Sweep leaderboard (ranked by {metric})", ""]
@@ -90,22 +124,8 @@ def write_leaderboard(out: Path, rows: list[RunRow], metric: str) -> pl.DataFram
     lines += _markdown(robustness_over_seeds(frame, metric), scores)
     lines += ["", f"## Robustness over teacher subsets of each size ({metric}, seeds included)", ""]
     lines += _markdown(over_subsets, scores)
-    lines += ["", "![score against number of teachers](robustness.png)", ""]
-    (out / "leaderboard.md").write_text("\n".join(lines))
-    plot_robustness(out / "robustness.png", over_subsets, metric)
+    lines += ["", f"![score against number of teachers]({ROBUSTNESS_PLOT})", ""]
+    write_atomically(out / LEADERBOARD_MD, "\n".join(lines), durable=False)
+    plot_robustness(out / ROBUSTNESS_PLOT, over_subsets, metric, CONFIG)
     return frame
 
-
-
-def plot_robustness(path: Path, over_subsets: pl.DataFrame, metric: str) -> None:
-    figure, axis = new_axes(7, 4)
-    for (strategy, alpha, temperature), group in over_subsets.group_by(CONFIG, maintain_order=True):
-        group = group.sort("num_teachers")
-        sizes = group["num_teachers"].to_list()
-        line, = axis.plot(sizes, group["mean"].to_list(), marker="o", label=f"{strategy} α={alpha:g} T={temperature:g}")
-        axis.fill_between(sizes, group["worst"].to_list(), group["best"].to_list(), color=line.get_color(), alpha=0.15)
-    axis.set_xlabel("number of teachers")
-    axis.set_ylabel(f"{metric} (mean; band = worst to best)")
-    axis.set_xticks(sorted(set(over_subsets["num_teachers"].to_list())))
-    axis.legend(fontsize="small", loc="lower right")  # a fixed place: searching for the "best" one is slow
-    save_figure(figure, path)

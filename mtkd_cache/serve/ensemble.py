@@ -20,8 +20,9 @@ import torch
 from mtkd_cache.devices import resolve_device
 from mtkd_cache.distill.session import PreparedCache
 from mtkd_cache.distill.students import load_saved_student
-from mtkd_cache.distill.training import BEST_DIR, predict_logits
+from mtkd_cache.distill.training import predict_logits
 from mtkd_cache.errors import ConfigError
+from mtkd_cache.layout import RUN_CONFIG, STUDENT_DIR
 from mtkd_cache.report.evaluation import Metrics, compute_metrics
 
 
@@ -46,11 +47,23 @@ class EnsembleReport:
     majority_vote: Metrics
     mean_probability: Metrics
 
+    def table_rows(self) -> list[tuple[str, list[str]]]:
+        """(model, [accuracy, macro-F1, MCC]) for every member, then the two ensembles."""
+        rows = [*self.members.items(), ("ensemble: majority vote", self.majority_vote),
+                ("ensemble: mean probability", self.mean_probability)]
+        return [(name, [f"{m.accuracy:.4f}", f"{m.macro_f1:.4f}", f"{m.mcc:.4f}"]) for name, m in rows]
+
+    def markdown(self) -> list[str]:
+        """The ensemble section of comparison.md."""
+        return [f"## Ensemble on `{self.split}`", "", "| model | accuracy | macro-F1 | MCC |", "|---|---|---|---|",
+                *(f"| {name} | " + " | ".join(cells) + " |" for name, cells in self.table_rows())]
+
 
 def _run_config(run_dir: Path) -> dict:
-    path = run_dir / "config.json"
-    if not (run_dir / BEST_DIR).is_dir() or not path.exists():
-        raise ConfigError(f"{run_dir} is not a finished run (no {BEST_DIR}/ or config.json); pass `distill` run directories.")
+    path = run_dir / RUN_CONFIG
+    if not (run_dir / STUDENT_DIR).is_dir() or not path.exists():
+        raise ConfigError(f"{run_dir} is not a finished run (no {STUDENT_DIR}/ or {RUN_CONFIG}); pass `distill` run "
+                          "directories.")
     return json.loads(path.read_text())
 
 
@@ -71,7 +84,7 @@ def evaluate_ensemble(run_dirs: list[Path], split: str | None = None, cache: Pat
     torch_device = resolve_device(device)
     probabilities, members = [], {}
     for run_dir, config in zip(run_dirs, configs):
-        model, tokenizer = load_saved_student(run_dir / BEST_DIR)
+        model, tokenizer = load_saved_student(run_dir / STUDENT_DIR)
         if model.config.num_labels != len(prepared.cache.label_names):
             raise ConfigError(f"{run_dir}: its student has {model.config.num_labels} labels, the cache "
                               f"{len(prepared.cache.label_names)}; ensemble students of one task.")

@@ -15,16 +15,16 @@ exported through an equivalent unpacked formulation, checked by the same parity 
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from mtkd_cache.atomic import temporary_path, write_atomically
 from mtkd_cache.distill.students import BILSTM_CONFIG, BiLSTMClassifier, load_saved_student
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.layout import PACKAGE_VERSION
@@ -44,13 +44,19 @@ SAMPLE_TEXTS = (
 
 @dataclass(frozen=True)
 class ExportConfig:
-    model_dir: Path  # a save_pretrained directory or a run's student/ directory (HF or BiLSTM)
-    out: Path  # the .onnx file; the tokenizer is saved into its directory
-    max_length: int = 128  # truncation of the parity texts; the graph itself accepts any length
-    opset: int = 17
-    dynamo: bool = False
-    label_names: tuple[str, ...] | None = None  # for a BiLSTM saved before its config carried them
-    tolerance: float = 1e-4  # largest |torch - onnxruntime| logit difference accepted in float32
+    model_dir: Path = field(metadata={"help": "A teacher's save_pretrained directory or a distilled student "
+                                              "(RUN/student, BiLSTM included)."})
+    out: Path = field(metadata={"help": "The .onnx file to write; the tokenizer is saved beside it, so give each "
+                                        "model its own directory."})
+    max_length: int = field(default=128, metadata={"help": "Truncation of the parity-check texts (the graph takes "
+                                                           "any length)."})
+    opset: int = field(default=17, metadata={"help": "ONNX opset version."})
+    dynamo: bool = field(default=False, metadata={"help": "Use torch's dynamo exporter (needs onnxscript) instead of "
+                                                          "the TorchScript one."})
+    label_names: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "Comma-separated label names in class order, for a BiLSTM saved without them."})
+    tolerance: float = field(default=1e-4, metadata={"help": "Largest |torch - onnxruntime| logit difference the "
+                                                             "parity check accepts."})
 
 
 @dataclass
@@ -90,18 +96,19 @@ def export_model(config: ExportConfig) -> ExportReport:
         model.set_attn_implementation("eager")
     module = _BiLSTMForExport(model) if kind == "bilstm" else _LogitsOnly(model, input_names)
     config.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = config.out.with_name(f".{config.out.name}.tmp-{os.getpid()}")
+    # The exporter writes a file of its own choosing; it traces to a hidden scratch file, and the labelled
+    # model reaches --out in one atomic write, so --out never holds a graph without its label names.
+    traced = temporary_path(config.out.with_name(config.out.name + ".trace"))
     try:
-        _trace(module.eval(), checks[0][0], input_names, temporary, config)
-        proto = onnx.load(str(temporary), load_external_data=False)
+        _trace(module.eval(), checks[0][0], input_names, traced, config)
+        proto = onnx.load(str(traced), load_external_data=False)
         for key, value in ((LABEL_NAMES_KEY, json.dumps(list(label_names))), ("exported_by", f"mtkd-cache {PACKAGE_VERSION}"),
                            ("student_kind", kind)):
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
-        onnx.save(proto, str(temporary))
-        os.replace(temporary, config.out)
+        write_atomically(config.out, proto.SerializeToString())
     finally:
-        temporary.unlink(missing_ok=True)
+        traced.unlink(missing_ok=True)
     tokenizer.save_pretrained(config.out.parent)
     max_diff, rows = _parity(config.out, input_names, checks)
     return ExportReport(out=config.out, kind=kind, label_names=label_names, input_names=input_names,

@@ -8,7 +8,7 @@ models on a handful of texts; throughput is `build`'s job.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +85,45 @@ def predict(classifier: Classifier, texts: Sequence[str], max_length: int = 128,
     probabilities = class_probabilities(classifier, texts, max_length, batch_size)
     return [Prediction(classifier.label_names[k], float(row[k])) for row, k in
             zip(probabilities, probabilities.argmax(axis=1))]
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    max_length: int = field(default=128, metadata={"help": "Tokens per text before truncation."})
+    label_names: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "Comma-separated label names, for a BiLSTM saved without them."})
+    ensemble: bool = field(default=False, metadata={"help": "Add a majority-vote and a mean-probability ensemble of "
+                                                            "the models."})
+
+
+@dataclass
+class SideBySide:
+    """What every model (and the ensembles, when asked for) predicts for each text."""
+
+    texts: list[str]
+    classifiers: list[Classifier]
+    predictions: dict[str, list[Prediction]]  # model or ensemble name -> one prediction per text
+
+    @property
+    def ensembles(self) -> list[str]:
+        return [name for name in self.predictions if name not in {c.name for c in self.classifiers}]
+
+    def to_json(self) -> dict:
+        rows = [{"text": t, "predictions": {name: {"label": p[i].label, "probability": round(p[i].probability, 6)}
+                                            for name, p in self.predictions.items()}} for i, t in enumerate(self.texts)]
+        return {"models": {c.name: {"path": str(c.path), "runtime": c.runtime} for c in self.classifiers}, "texts": rows}
+
+
+def predict_side_by_side(paths: Sequence[Path], texts: Sequence[str], config: PredictConfig = PredictConfig()) -> SideBySide:
+    if not texts:
+        raise ConfigError("give texts to classify with --text \"...\" (repeatable) or --file with one text per line.")
+    classifiers = load_classifiers(paths, config.label_names)
+    probabilities = [class_probabilities(c, texts, config.max_length) for c in classifiers]
+    predictions = {c.name: [Prediction(c.label_names[k], float(row[k])) for row, k in zip(p, p.argmax(axis=1))]
+                   for c, p in zip(classifiers, probabilities)}
+    if config.ensemble:
+        predictions |= ensemble_predictions(classifiers, probabilities)
+    return SideBySide(list(texts), classifiers, predictions)
 
 
 def ensemble_predictions(classifiers: Sequence[Classifier], probabilities: Sequence[np.ndarray]) -> dict[str, list[Prediction]]:

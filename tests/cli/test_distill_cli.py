@@ -312,3 +312,73 @@ def test_select_and_experts_user_errors(env, tmp_path):
     _assert_user_error(runner.invoke(app, ["experts", str(env["cache"]), "--teachers", "ghost"]), "--teachers ghost")
     _assert_user_error(runner.invoke(app, ["experts", str(env["cache"]), "--split", "dev"]), "split 'dev'")
     assert not (tmp_path / "s.parquet").exists()
+
+
+# ------------------------------------------------------------------------------------------ --config FILE
+
+
+def _run_config(run_dir: Path) -> dict:
+    return {k: v for k, v in json.loads((run_dir / "config.json").read_text()).items() if k not in ("out", "fingerprint")}
+
+
+def test_distill_options_from_a_toml_or_yaml_file_with_flags_overriding(env, tmp_path):
+    (tmp_path / "run.toml").write_text(f'student = "{BILSTM_STUDENT}"\ntokenizer = "{env["tokenizer"]}"\n'
+                                       'strategy = "average"\nepochs = 1\nlr = 1e-3\ndevice = "cpu"\n'
+                                       'expert-split = "validation"\nteachers = "bert,distil"\n')
+    (tmp_path / "run.yaml").write_text(f'student: "{BILSTM_STUDENT}"\ntokenizer: {env["tokenizer"]}\n'
+                                       'strategy: average\nepochs: 1\nlr: 0.001\ndevice: cpu\n'
+                                       'expert_split: validation\nteachers: bert,distil\n')
+    results = {name: runner.invoke(app, ["distill", str(env["cache"]), "--out", str(tmp_path / name), "--config",
+                                         str(tmp_path / f"run.{name}")]) for name in ("toml", "yaml")}
+    for result in results.values():
+        assert result.exit_code == 0, result.output
+    from_toml = _run_config(tmp_path / "toml")
+    assert from_toml == _run_config(tmp_path / "yaml")
+    assert (from_toml["strategy"], from_toml["train"]["epochs"], from_toml["train"]["learning_rate"],
+            from_toml["expert_split"], from_toml["teachers"]) == ("average", 1, 1e-3, "validation", ["bert", "distil"])
+
+    overridden = runner.invoke(app, ["distill", str(env["cache"]), "--out", str(tmp_path / "flag"), "--config",
+                                     str(tmp_path / "run.toml"), "--strategy", "best", "--seed", "3"])
+    assert overridden.exit_code == 0, overridden.output
+    chosen = _run_config(tmp_path / "flag")
+    assert (chosen["strategy"], chosen["train"]["seed"], chosen["train"]["epochs"]) == ("best", 3, 1)
+
+
+def test_a_config_file_key_the_command_does_not_take_is_refused(env, tmp_path):
+    (tmp_path / "bad.toml").write_text('alfa = 0.5\nepochs = 1\n')
+    result = runner.invoke(app, distill_args(env["cache"], tmp_path / "run", BILSTM_STUDENT, "--config",
+                                             str(tmp_path / "bad.toml"), tokenizer=env["tokenizer"]))
+    assert result.exit_code == 2 and "alfa" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_experts_select_and_report_read_a_config_file(env, tmp_path):
+    (tmp_path / "experts.yaml").write_text("split: validation\nteachers: distil\nas_json: true\n")
+    shown = runner.invoke(app, ["experts", str(env["cache"]), "--config", str(tmp_path / "experts.yaml")])
+    assert shown.exit_code == 0, shown.output
+    table = json.loads(shown.stdout)
+    assert table["split"] == "validation" and list(table["overall_accuracy"]) == ["distil"]
+
+    (tmp_path / "select.toml").write_text(f'strategy = "best"\nout = "{tmp_path / "s.parquet"}"\n')
+    selected = runner.invoke(app, ["select", str(env["cache"]), "--config", str(tmp_path / "select.toml")])
+    assert selected.exit_code == 0, selected.output
+    assert pq.read_table(tmp_path / "s.parquet").schema.metadata[b"strategy"] == b"best"
+
+    (tmp_path / "report.toml").write_text(f'out = "{tmp_path / "cmp"}"\n')
+    compared = runner.invoke(app, ["report", str(env["root"] / "run-expert"), "--config", str(tmp_path / "report.toml")])
+    assert compared.exit_code == 0, compared.output
+    assert (tmp_path / "cmp" / "comparison.md").read_text().startswith("| run | strategy |")
+
+
+@pytest.mark.parametrize("command", ["distill", "sweep"])
+def test_the_help_of_an_option_is_its_config_fields(command):
+    from mtkd_cache.distill.configs import DistillConfig
+    from mtkd_cache.distill.training import TrainConfig
+    from mtkd_cache_cli.options import field_help
+
+    shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.replace("│", " ").split())
+    for config_class, name in ((DistillConfig, "selection_split"), (DistillConfig, "expert_split"),
+                               (TrainConfig, "warmup_epochs")):
+        assert field_help(config_class, name) in text, name

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from helpers.assets import LABELS, make_teacher
 from helpers.reference import TEACHERS, build_teacherless_cache, ref_metrics
 from mtkd_cache import BuildConfig, DatasetSpec, TeacherSpec, build_cache, open_cache
-from mtkd_cache.distill.runs import DistillConfig, FinetuneConfig, distill, finetune, select_teachers
+from mtkd_cache.distill.runs import DistillConfig, FinetuneConfig, distill, finetune
+from mtkd_cache.distill.selection import select_teachers
 from mtkd_cache.distill.strategies import STRATEGIES, StrategyConfig
 from mtkd_cache.distill.students import load_saved_student
 from mtkd_cache.distill.training import TrainConfig
@@ -124,7 +125,7 @@ def check_run(result, cache_dir: Path, epochs: int, strategy: str) -> dict:
     assert all(math.isfinite(h["train_loss"]) and 0 <= h["selection_score"] <= 1 for h in history)
 
     saved = json.loads((run_dir / "report.json").read_text())
-    assert saved == json.loads(json.dumps(report))  # the file is the returned report
+    assert saved == report.to_json()  # the file is the returned report
     assert REPORT_KEYS <= saved.keys()
 
     cache = open_cache(cache_dir)

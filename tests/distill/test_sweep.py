@@ -5,6 +5,7 @@ the CLI with a TOML / YAML file and its user errors."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import json
 import os
@@ -75,7 +76,7 @@ def test_grid_is_the_product_of_its_axes_with_every_k_combination(env, tmp_path)
     subsets = [("a",), ("b",), ("c",), ("a", "b"), ("a", "c"), ("b", "c")]
     assert len(runs) == 2 * 2 * 1 * 3 * len(subsets)
     points = {(r.config.strategy.name, r.config.alpha, r.config.temperature, r.config.train.seed,
-               tuple(r.config.teachers.split(","))) for r in runs}
+               r.config.teachers) for r in runs}
     assert points == set(itertools.product(("expert", "random"), (0.3, 0.7), (1.0,), (0, 1, 2), subsets))
     assert len({r.name for r in runs}) == len(runs)
     # every other option is the base's
@@ -84,21 +85,21 @@ def test_grid_is_the_product_of_its_axes_with_every_k_combination(env, tmp_path)
 
 def test_subsets_are_drawn_from_the_given_pool_and_default_to_the_whole_pool(env, tmp_path):
     whole = expand_grid(SweepConfig(base_config(env, tmp_path)), TEACHERS)
-    assert [r.config.teachers for r in whole] == ["a,b,c"]
-    pool = expand_grid(SweepConfig(base_config(env, tmp_path, teachers="c,a"), SweepGrid(subset_sizes=(1, 2))), TEACHERS)
-    assert [r.config.teachers for r in pool] == ["c", "a", "c,a"]
+    assert [r.config.teachers for r in whole] == [("a", "b", "c")]
+    pool = expand_grid(SweepConfig(base_config(env, tmp_path, teachers=("c", "a")), SweepGrid(subset_sizes=(1, 2))), TEACHERS)
+    assert [r.config.teachers for r in pool] == [("c",), ("a",), ("c", "a")]
 
 
 @pytest.mark.parametrize("grid, message", [
-    (SweepGrid(subset_sizes=(4,)), "between 1 and 3"),
-    (SweepGrid(subset_sizes=(0,)), "between 1 and 3"),
-    (SweepGrid(strategies=("expert", "oracle")), "oracle"),
-    (SweepGrid(alphas=(0.5, 0.5)), "repeats a value"),
-    (SweepGrid(seeds=()), "--seed needs at least one value"),
+    ({"subset_sizes": (4,)}, "between 1 and 3"),
+    ({"subset_sizes": (0,)}, "between 1 and 3"),
+    ({"strategies": ("expert", "oracle")}, "oracle"),
+    ({"alphas": (0.5, 0.5)}, "repeats a value"),
+    ({"seeds": ()}, "--seed needs at least one value"),
 ])
 def test_bad_grids_are_refused_by_name(env, tmp_path, grid, message):
-    with pytest.raises(ConfigError, match=message):
-        expand_grid(SweepConfig(base_config(env, tmp_path), grid), TEACHERS)
+    with pytest.raises(ConfigError, match=message):  # by the grid itself, or when it meets the teacher pool
+        expand_grid(SweepConfig(base_config(env, tmp_path), SweepGrid(**grid)), TEACHERS)
 
 
 # one load, and a run inside a sweep equals the same run alone
@@ -118,7 +119,7 @@ def test_a_run_inside_a_sweep_equals_the_same_run_alone(env, tmp_path, monkeypat
 
     row = next(r for r in result.rows if (r.strategy, r.alpha, r.seed, r.teachers) == ("random", 0.7, 1, "a,c"))
     alone = distill(dataclasses.replace(base_config(env, tmp_path / "alone", epochs=2), strategy=StrategyConfig("random"),
-                                        alpha=0.7, teachers="a,c", train=TrainConfig(epochs=2, learning_rate=1e-3,
+                                        alpha=0.7, teachers=("a", "c"), train=TrainConfig(epochs=2, learning_rate=1e-3,
                                                                                       device="cpu", seed=1)))
     inside = tmp_path / "sweep" / RUNS_DIR / row.run
     report_inside = json.loads((inside / "report.json").read_text())
@@ -227,7 +228,12 @@ def test_changed_options_make_new_runs_instead_of_reusing_old_ones(env, tmp_path
 def test_leaderboard_and_robustness_are_the_runs_summarised(env, tmp_path):
     grid = SweepGrid(strategies=("best", "average"), seeds=(0, 1), subset_sizes=(1, 3))
     result = run_sweep(SweepConfig(base_config(env, tmp_path), grid))
+    # run_sweep wrote the leaderboard itself (no CLI involved); writing it again from the rows gives the same.
+    written = {name: (tmp_path / name).read_bytes() for name in ("leaderboard.parquet", "robustness.parquet")}
+    assert result.leaderboard.equals(pl.read_parquet(tmp_path / "leaderboard.parquet"))
     frame = write_leaderboard(tmp_path, result.rows, "accuracy")
+    assert all(pl.read_parquet(tmp_path / name).equals(pl.read_parquet(io.BytesIO(data)))
+               for name, data in written.items())
     board = pl.read_parquet(tmp_path / "leaderboard.parquet")
     assert board.height == len(result.rows) == 2 * 2 * 4
     assert board["accuracy"].to_list() == sorted(board["accuracy"].to_list(), reverse=True)

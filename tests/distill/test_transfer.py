@@ -111,13 +111,14 @@ def test_a_run_killed_in_stage_one_resumes_to_the_same_student(env, tmp_path):
 @pytest.mark.parametrize("changes, message", [
     ({"expert_split": "transfer"}, "--expert-split transfer: that split has no gold labels"),
     ({"selection_split": "transfer"}, "--selection-split transfer: that split has no gold labels"),
-    ({"stage1": TransferStage("unlabeled")}, "--stage1-split unlabeled: the cache has splits"),
-    ({"stage1": TransferStage("transfer", epochs=0)}, "--stage1-epochs must be at least 1"),
-    ({"stage1": TransferStage("transfer", strategy="oracle")}, "--stage1-strategy must be one of"),
+    ({"stage1": {"split": "unlabeled"}}, "--stage1-split unlabeled: the cache has splits"),
+    ({"stage1": {"split": "transfer", "epochs": 0}}, "--stage1-epochs must be at least 1"),
+    ({"stage1": {"split": "transfer", "strategy": "oracle"}}, "--stage1-strategy must be one of"),
 ])
 def test_bad_transfer_options_are_refused(env, tmp_path, changes, message):
-    with pytest.raises(ConfigError, match=message):
-        distill(dataclasses.replace(config(env, tmp_path / "bad"), **changes))
+    with pytest.raises(ConfigError, match=message):  # by the stage itself, or when the run opens the cache
+        stage1 = {"stage1": TransferStage(**changes["stage1"])} if "stage1" in changes else {}
+        distill(dataclasses.replace(config(env, tmp_path / "bad"), **{**changes, **stage1}))
     assert not (tmp_path / "bad").exists()
 
 

@@ -293,6 +293,20 @@ def test_predict_needs_texts(assets):
     assert_user_error(runner.invoke(app, ["predict", str(assets["bert"])]), "--text", one_sentence=True)
 
 
+def test_predict_options_from_a_config_file(assets, tmp_path):
+    shutil.copytree(assets["bert"], tmp_path / "copy")  # an ensemble needs two models of one label order
+    (tmp_path / "predict.yaml").write_text("text: [a goal, a vote]\nensemble: true\nmax_length: 16\n")
+    result = runner.invoke(app, ["predict", str(assets["bert"]), str(tmp_path / "copy"), "--config",
+                                 str(tmp_path / "predict.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert [row["text"] for row in document["texts"]] == ["a goal", "a vote"]
+    assert {"ensemble: vote", "ensemble: mean"} <= set(document["texts"][0]["predictions"])
+    (tmp_path / "bad.toml").write_text("opset = 17\n")  # an export option
+    refused = runner.invoke(app, ["predict", str(assets["bert"]), "--config", str(tmp_path / "bad.toml")])
+    assert refused.exit_code == 2 and "opset" in refused.output
+
+
 @pytest.mark.slow
 def test_the_dynamo_exporter_gives_the_same_logits(assets, tmp_path):
     report = _export(assets["distil"], tmp_path / "d" / "model.onnx", dynamo=True)  # ~10 s: torch.export is slow

@@ -1,0 +1,136 @@
+"""A run: its directory, its identity, its resume check and the files that describe it.
+
+Invariant: a run is identified by one fingerprint over one payload — the resolved configuration minus
+where things live (`out`, `cache`: a moved run or cache still resumes), plus the content of what it reads
+(the cache's dataset fingerprint and the teachers' weights, or the dataset's fingerprint). `distill`,
+`finetune`, both stages of a two-stage run and every sweep run use it, so a sweep run's directory name
+and the checkpoint inside it agree, and a run inside a sweep is the same run as `distill` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mtkd_cache.atomic import write_atomically
+from mtkd_cache.distill.training import TrainResult
+from mtkd_cache.distributed import DistributedContext
+from mtkd_cache.errors import ConfigError
+from mtkd_cache.hashing import sha256_bytes
+from mtkd_cache.layout import CHECKPOINT, METRICS_LOG, RUN_CONFIG
+from mtkd_cache.progress import ProgressEvents, SilentEvents
+from mtkd_cache.report.run_report import RunReport, write_report
+
+PLACES = ("out", "cache")  # where things live, left out of the identity
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    config: dict  # the resolved configuration, JSON-ready, as config.json records it
+    inputs: dict  # what the run reads, by content (fingerprints and weight hashes)
+
+    @property
+    def fingerprint(self) -> str:
+        portable = {key: value for key, value in self.config.items() if key not in PLACES}
+        return sha256_bytes(json.dumps({**portable, **self.inputs}, sort_keys=True, default=str).encode())
+
+
+def config_payload(config) -> dict:
+    """A config dataclass as JSON values (paths and enums as strings, tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+class Run:
+    """The run directory of one identity. Under torchrun every rank holds one; only the main rank writes."""
+
+    def __init__(self, directory: Path, identity: RunIdentity, context: DistributedContext = DistributedContext()):
+        self.directory = directory
+        self.identity = identity
+        self.context = context
+        self.config = dict(identity.config)  # config.json without the fingerprint, once `start` has run
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity.fingerprint
+
+    def stage_fingerprint(self, stage: str | None) -> str:
+        return self.fingerprint if stage is None else f"{self.fingerprint}:{stage}"
+
+    def checkpoint(self, stage: str | None = None) -> dict | None:
+        """The saved training state of this run (of its `stage` subdirectory), read once and handed to
+        `train`; None before the first epoch. A checkpoint of another configuration is refused untouched."""
+        path = (self.directory if stage is None else self.directory / stage) / CHECKPOINT
+        if not path.exists():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != self.stage_fingerprint(stage):
+            raise ConfigError(f"{self.directory} holds a run with another configuration; choose a new --out or delete it.")
+        return state
+
+    def start(self, **derived) -> None:
+        """Create the directory and record config.json: the identity's configuration, what was derived while
+        setting up (e.g. the student's kind) and the fingerprint."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config = {**self.identity.config, **derived}
+        if self.context.is_main:
+            record = {**self.config, "fingerprint": self.fingerprint}
+            write_atomically(self.directory / RUN_CONFIG, json.dumps(record, indent=1), durable=False)
+
+    def finish(self, report: RunReport, label_names: tuple[str, ...], result: TrainResult,
+               stage1: TrainResult | None = None) -> None:
+        """Write the report files and metrics.jsonl (main rank)."""
+        if not self.context.is_main:
+            return
+        write_report(self.directory, report, label_names)
+        write_atomically(self.directory / METRICS_LOG, history_lines(result, stage1), durable=False)
+
+
+def history_lines(result: TrainResult, stage1: TrainResult | None = None) -> str:
+    """One JSON line per epoch; a two-stage run lists stage 1's epochs first, marked "stage": 1."""
+    lines = []
+    for stage, records in ((1, stage1.history if stage1 else []), (2 if stage1 else None, result.history)):
+        for record in records:
+            lines.append(json.dumps(dataclasses.asdict(record) | ({"stage": stage} if stage else {})) + "\n")
+    return "".join(lines)
+
+
+class _CallbackEvents(SilentEvents):
+    def __init__(self, task: Callable[[str, int], None] | None, advance: Callable[[int], None] | None):
+        self._task, self._advance = task, advance
+
+    def task(self, description: str, total: int) -> None:
+        if self._task:
+            self._task(description, total)
+
+    def advance(self, rows: int) -> None:
+        if self._advance:
+            self._advance(rows)
+
+
+def as_events(events: ProgressEvents | Callable | None, advance: Callable[[int], None] | None = None) -> ProgressEvents:
+    """`events`, or SilentEvents. The demo (mtkd_cache/demo, another stage's module) still passes a
+    (task, advance) pair of callables; they are wrapped here until it passes a ProgressEvents."""
+    if callable(events) or advance is not None:
+        return _CallbackEvents(events, advance)
+    return events if events is not None else SilentEvents()
+
+
+class StageEvents:
+    """Progress of stage 1 of a two-stage run: the same events, each epoch labelled as stage 1."""
+
+    def __init__(self, events: ProgressEvents):
+        self._events = events
+
+    def task(self, description: str, total: int) -> None:
+        self._events.task(f"stage 1 · {description}", total)
+
+    def advance(self, rows: int) -> None:
+        self._events.advance(rows)
+
+    def note(self, message: str) -> None:
+        self._events.note(message)
