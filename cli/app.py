@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mtkd_cache import BuildConfig, DatasetSpec, RunnerConfig, build_cache, summarize, verify_cache
+from mtkd_cache import BuildConfig, DatasetSpec, RunnerConfig, build_cache, distributed, summarize, verify_cache
 from mtkd_cache.runners.teachers import parse_teachers
 
 from .common import app, quiet_console, split_list, stdout, user_errors
@@ -122,7 +122,7 @@ def demo(
 
     started = time.perf_counter()
     with ProgressEvents() as events:
-        report = run_demo(out, events, per_class=per_class, device=device, progress=events.task, advance=events.advance)
+        report = run_demo(out, events, per_class=per_class, device=device)
     experts = Table("class", *report.experts.teachers, "expert", title="expert table (validation)")
     for k, name in enumerate(report.experts.label_names):
         experts.add_row(name, *[f"{a:.3f}" if a == a else "–" for a in report.experts.per_class_accuracy[:, k]],
@@ -162,7 +162,11 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if int(os.environ.get("RANK", "0")) > 0:
         quiet_console()  # under torchrun rank 0 speaks for all; the others only report their own errors
-    app(prog_name="mtkd-cache")
+    try:
+        app(prog_name="mtkd-cache")
+    except SystemExit as exit:
+        distributed.leave(exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1))
+        raise
 
 
 if __name__ == "__main__":

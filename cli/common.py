@@ -26,13 +26,18 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except MtkdError as error:
-            if stderr.quiet:
-                print(f"error (rank {os.environ.get('RANK')}): {error}", file=sys.stderr)
-            else:
-                stderr.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            exit_with_error(error)
 
     return wrapper
+
+
+def exit_with_error(error: MtkdError | str) -> None:
+    """`error: <message>` as one line on stderr (never wrapped, markup escaped), then exit code 2."""
+    if stderr.quiet:
+        print(f"error (rank {os.environ.get('RANK')}): {error}", file=sys.stderr)
+    else:
+        stderr.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2) from None
 
 
 def quiet_console() -> None:

@@ -11,14 +11,14 @@ import typer
 from rich.table import Table
 
 from mtkd_cache import DatasetSpec, open_cache
-from mtkd_cache.distill.configs import DistillConfig, FinetuneConfig, TransferStage
-from mtkd_cache.distill.experts import parse_teacher_subset
-from mtkd_cache.distill.runs import distill as run_distill
-from mtkd_cache.distill.runs import expert_table_for
-from mtkd_cache.distill.runs import finetune as run_finetune
-from mtkd_cache.distill.selection import select_teachers, write_selection
-from mtkd_cache.distill.strategies import StrategyConfig
-from mtkd_cache.distill.training import TrainConfig
+from mtkd_cache.distillation.configs import DistillConfig, FinetuneConfig, TransferStage
+from mtkd_cache.distillation.experts import parse_teacher_subset
+from mtkd_cache.distillation.runs import distill as run_distill
+from mtkd_cache.distillation.runs import expert_table_for
+from mtkd_cache.distillation.runs import finetune as run_finetune
+from mtkd_cache.distillation.selection import select_teachers, write_selection
+from mtkd_cache.distillation.strategies import StrategyConfig
+from mtkd_cache.distillation.training import TrainConfig
 from mtkd_cache.report.comparison import compare_runs
 from mtkd_cache.serve.ensemble import EnsembleReport, evaluate_ensemble
 

@@ -21,6 +21,8 @@ import typer
 from mtkd_cache.config_files import read_options_file
 from mtkd_cache.errors import ConfigError
 
+from .common import exit_with_error
+
 
 def field_help(config_class: type, name: str) -> str:
     """The help text recorded on a config dataclass field (`metadata={"help": ...}`)."""
@@ -34,24 +36,28 @@ def from_config(config_class: type, name: str, *param_decls: str, **options: Any
     """A typer option whose help is the config field's; extra typer settings pass through.
 
     The option remembers its field (`config_field`), so a test can hold every command's defaults to the
-    config's."""
-    info = typer.Option(*param_decls, help=options.pop("help", None) or field_help(config_class, name), **options)
+    config's. A `help=` given here marks an option that takes the field in another form (a file of words
+    for a tuple of words, `mask=0.1,…` for a tuple of pairs) and says so in its own words."""
+    own_help = options.pop("help", None)
+    info = typer.Option(*param_decls, help=own_help or field_help(config_class, name), **options)
     info.config_field = (config_class, name)
+    info.help_is_the_fields = own_help is None
     return info
 
 
 def _apply_config_file(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
     if value is None or ctx.resilient_parsing:
         return value
+    # Raised while click parses, before the command's own error boundary: reported the same way, one line.
     try:
         options = read_options_file(value, what="--config file")
     except ConfigError as error:
-        raise typer.BadParameter(str(error)) from None
+        exit_with_error(error)
     known = {p.name for p in ctx.command.params if p.name != param.name}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise typer.BadParameter(f"{value} sets {', '.join(unknown)}, which `{ctx.info_name}` does not take; "
-                                 f"its options are {', '.join(sorted(known))}.")
+        exit_with_error(f"--config {value} sets {', '.join(unknown)}, which `{ctx.info_name}` does not take; "
+                        f"its options are {', '.join(sorted(known))}.")
     ctx.default_map = {**(ctx.default_map or {}), **options}
     return value
 

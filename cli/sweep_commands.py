@@ -10,15 +10,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mtkd_cache.distill.configs import DistillConfig
-from mtkd_cache.distill.strategies import StrategyConfig
-from mtkd_cache.distill.sweep import SweepConfig, SweepGrid, load_sweep_file, run_sweep, sweep_config_from_options
-from mtkd_cache.distill.training import TrainConfig
+from mtkd_cache.distillation.configs import DistillConfig
+from mtkd_cache.distillation.strategies import StrategyConfig
+from mtkd_cache.distillation.sweep import SweepConfig, SweepGrid, load_sweep_file, run_sweep, sweep_config_from_options
+from mtkd_cache.distillation.training import TrainConfig
 from mtkd_cache.layout import LEADERBOARD, LEADERBOARD_MD, ROBUSTNESS, ROBUSTNESS_PLOT
 from mtkd_cache.report.leaderboard import RunRow, robustness_over_subsets
 
 from .common import app, stdout, user_errors
-from .options import field_help
+from .options import from_config
 from .progress import stderr
 
 
@@ -64,7 +64,7 @@ def _as_for_distill(config_class: type, name: str, **options) -> typer.models.Op
     shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
     if default not in (None, ()):
         options.setdefault("show_default", f"{shown}")
-    return typer.Option(help=field_help(config_class, name), **options)
+    return from_config(config_class, name, **options)
 
 
 @app.command()

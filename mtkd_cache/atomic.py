@@ -95,6 +95,17 @@ def recover_directory(target: Path) -> bool:
     return True
 
 
+def remove_temporaries(directory: Path, recursive: bool = True) -> None:
+    """Delete what killed writers left under `directory`: their temporaries were never at a final path, so
+    nothing ever read them. A temporary directory (`replace_directory`'s) goes as a whole."""
+    found = directory.rglob(f"{TEMP_PREFIX}*") if recursive else directory.glob(f"{TEMP_PREFIX}*")
+    for path in sorted(found, reverse=True):  # deepest first
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def fsync_directory(directory: Path) -> None:
     descriptor = os.open(directory, os.O_RDONLY)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,23 @@ def current() -> DistributedContext:
 def _leave_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave(exit_code: int) -> None:
+    """End this torchrun rank with `exit_code` now, skipping the interpreter's teardown; no-op alone.
+
+    Even with the process group destroyed at exit, a rank was seen to abort after its work was done
+    ("terminate called without an active exception", SIGABRT: gloo's C++ threads met the interpreter's
+    shutdown), which torchrun reports as a failed run. So a finished rank waits for the others at a
+    barrier (no rank leaves while another still needs a collective) and exits without the teardown. A
+    failing rank leaves at once: torchrun stops the others."""
+    if not dist.is_initialized():
+        return
+    if exit_code == 0:
+        dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 def balanced_assignment(costs: list[int], world_size: int) -> list[list[int]]:

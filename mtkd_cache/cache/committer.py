@@ -7,7 +7,6 @@ background thread so the next shard computes meanwhile; at most one commit is in
 
 from __future__ import annotations
 
-import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,16 +49,6 @@ def refuse_foreign_directory(out: Path) -> None:
             f"--out {out} is not empty and holds no cache (found {', '.join(sorted(foreign)[:5])}); choose an empty "
             "or new directory."
         )
-
-
-def remove_temporaries(out: Path) -> None:
-    # Left by a killed build: never listed in the manifest, so no reader ever used them. A temporary
-    # directory (atomic.replace_directory's) goes as a whole.
-    for path in sorted(out.rglob(f"{TEMP_PREFIX}*"), reverse=True):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 class ShardCommitter:

@@ -30,14 +30,15 @@ from mtkd_cache.data.batching import tokenize_rows
 from mtkd_cache.data.datasets import DatasetSpec
 from mtkd_cache.demo.bbc import prepare as prepare_bbc
 from mtkd_cache.devices import resolve_device
-from mtkd_cache.distill.experts import ExpertTable
-from mtkd_cache.distill.runs import DistillConfig, FinetuneConfig, distill, expert_table_for, finetune
-from mtkd_cache.distill.strategies import StrategyConfig
-from mtkd_cache.distill.students import count_parameters, load_saved_student, quiet_transformers
-from mtkd_cache.distill.training import BEST_DIR, TrainConfig, predict_logits
+from mtkd_cache.distillation.experts import ExpertTable
+from mtkd_cache.distillation.runs import DistillConfig, FinetuneConfig, distill, expert_table_for, finetune
+from mtkd_cache.distillation.strategies import StrategyConfig
+from mtkd_cache.distillation.students import count_parameters, load_saved_student, quiet_transformers
+from mtkd_cache.distillation.training import BEST_DIR, TrainConfig, predict_logits
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.progress import ProgressEvents
 from mtkd_cache.report.evaluation import compute_metrics, median_difference, new_axes, per_class_table, save_figure
+from mtkd_cache.report.run_report import RunReport
 from mtkd_cache.runners.build import BuildConfig, RunnerConfig, build_cache
 from mtkd_cache.runners.teachers import TeacherSpec
 
@@ -125,8 +126,8 @@ def _latency_and_size(model_dir: Path, texts: list[str], device: str) -> tuple[i
     return count_parameters(model), 1000 * (time.perf_counter() - started) / len(texts)
 
 
-def run_demo(out: Path, events: ProgressEvents | None = None, per_class: int | None = None, device: str = "auto",
-             progress=None, advance=None) -> DemoReport:
+def run_demo(out: Path, events: ProgressEvents | None = None, per_class: int | None = None,
+             device: str = "auto") -> DemoReport:
     """Run (or resume) the demo in `out`; `per_class` caps each topic for a quick run."""
     suffix = "" if per_class is None else f"-{per_class}"
     report = DemoReport(out=out, cache_dir=out / f"cache{suffix}")
@@ -149,7 +150,7 @@ def run_demo(out: Path, events: ProgressEvents | None = None, per_class: int | N
         run = out / "teachers" / f"{teacher.name}{suffix}"
         if not (run / "report.json").exists():
             finetune(FinetuneConfig(dataset=dataset, student=str(base), out=run,
-                                    train=_with(TEACHER_TRAINING, seed=teacher.seed, device=device)), progress, advance)
+                                    train=_with(TEACHER_TRAINING, seed=teacher.seed, device=device)), events)
         teacher_dirs[teacher.name] = run / BEST_DIR
     stage("finetune teachers")
 
@@ -164,10 +165,10 @@ def run_demo(out: Path, events: ProgressEvents | None = None, per_class: int | N
         runs[strategy] = distill(DistillConfig(
             cache=report.cache_dir, student=STUDENT, tokenizer=str(encoder_path()), out=out / f"runs{suffix}" / strategy,
             strategy=StrategyConfig(strategy), alpha=0.5, temperature=2.0, expert_split="validation",
-            train=_with(STUDENT_TRAINING, device=device)), progress, advance).report
+            train=_with(STUDENT_TRAINING, device=device)), events).report
     runs["no teacher"] = finetune(FinetuneConfig(
         dataset=dataset, student=STUDENT, tokenizer=str(encoder_path()), out=out / f"runs{suffix}" / "no-teacher",
-        train=_with(STUDENT_TRAINING, device=device)), progress, advance).report
+        train=_with(STUDENT_TRAINING, device=device)), events).report
     stage("distill students")
 
     _compare(report, cache, teacher_dirs, runs, device)
@@ -182,7 +183,7 @@ def _with(config: TrainConfig, **changes) -> TrainConfig:
     return dataclasses.replace(config, **changes)
 
 
-def _compare(report: DemoReport, cache, teacher_dirs: dict[str, Path], runs: dict[str, dict], device: str) -> None:
+def _compare(report: DemoReport, cache, teacher_dirs: dict[str, Path], runs: dict[str, RunReport], device: str) -> None:
     inputs = cache.inputs("test")
     outputs = cache.teacher_outputs("test")
     for position, name in enumerate(outputs.teachers):
@@ -191,9 +192,9 @@ def _compare(report: DemoReport, cache, teacher_dirs: dict[str, Path], runs: dic
         report.models.append(ModelRow(name, "teacher", metrics.per_class_accuracy, metrics.accuracy, metrics.macro_f1,
                                       parameters, latency))
     for name, run in runs.items():
-        per_class = [run["per_class_accuracy"]["student"][label] for label in LABELS]
-        report.models.append(ModelRow(name, "student", per_class, run["accuracy"], run["macro_f1"], run["parameters"],
-                                      run["ms_per_sample"]))
+        per_class = [run.per_class_accuracy["student"][label] for label in LABELS]
+        report.models.append(ModelRow(name, "student", per_class, run.accuracy, run.macro_f1, run.parameters,
+                                      run.ms_per_sample))
         report.median_diff[name] = {t.name: median_difference(per_class, t.per_class)
                                     for t in report.models if t.role == "teacher"}
 

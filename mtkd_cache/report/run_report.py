@@ -67,10 +67,6 @@ class RunReport:
         teaching = Teaching(**{k: raw[k] for k in teaching_names if k in raw}) if "followed" in raw else None
         return cls(**{k: raw[k] for k in names}, teaching=teaching, stage1=raw.get("stage1"))
 
-    def __getitem__(self, key: str):
-        """report["accuracy"]: the report read like its report.json, for callers written against the dict."""
-        return self.to_json()[key]
-
 
 def write_report(run_dir: Path, report: RunReport, label_names: tuple[str, ...]) -> None:
     """report.json; for a distillation run also report.md (thesis-style tables) and per_class_diff.png."""

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from mtkd_cache import distributed
+from mtkd_cache.atomic import remove_temporaries
 from mtkd_cache.cache.committer import (
     ShardCommitter,
     holds_teacher_outputs,
     make_directory,
     refuse_foreign_directory,
-    remove_temporaries,
 )
 from mtkd_cache.cache.lock import CacheLock
 from mtkd_cache.cache.manifest import (

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from mtkd_cache.devices import resolve_device
-from mtkd_cache.distill.session import PreparedCache
-from mtkd_cache.distill.students import load_saved_student
-from mtkd_cache.distill.training import predict_logits
+from mtkd_cache.distillation.session import PreparedCache
+from mtkd_cache.distillation.students import load_saved_student
+from mtkd_cache.distillation.training import predict_logits
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.layout import RUN_CONFIG, STUDENT_DIR
 from mtkd_cache.report.evaluation import Metrics, compute_metrics

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mtkd_cache.atomic import temporary_path, write_atomically
-from mtkd_cache.distill.students import BILSTM_CONFIG, BiLSTMClassifier, load_saved_student
+from mtkd_cache.distillation.students import BILSTM_CONFIG, BiLSTMClassifier, load_saved_student
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.layout import PACKAGE_VERSION
 from mtkd_cache.runners.model_files import LABEL_NAMES_KEY, import_optional

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from helpers.assets import LABELS, make_teacher
 from helpers.reference import TEACHERS, build_teacherless_cache, ref_metrics
 from mtkd_cache import open_cache
-from mtkd_cache.distill.experts import expert_table_path
+from mtkd_cache.distillation.experts import expert_table_path
 from mtkd_cache_cli.app import app
 
 runner = CliRunner()
@@ -372,8 +372,8 @@ def test_experts_select_and_report_read_a_config_file(env, tmp_path):
 
 @pytest.mark.parametrize("command", ["distill", "sweep"])
 def test_the_help_of_an_option_is_its_config_fields(command):
-    from mtkd_cache.distill.configs import DistillConfig
-    from mtkd_cache.distill.training import TrainConfig
+    from mtkd_cache.distillation.configs import DistillConfig
+    from mtkd_cache.distillation.training import TrainConfig
     from mtkd_cache_cli.options import field_help
 
     shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -35,8 +36,17 @@ def installed(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("wheel")
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    # Built from a copy of the checkout's files: setuptools' build/ folder in a working tree keeps files of
+    # deleted modules, which would then ship in the wheel and hide a missing one.
+    source = work / "source"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.split()
+    for relative in listed:
+        if (REPO / relative).is_file():
+            (source / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / relative, source / relative)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(work / "dist"),
-          str(REPO)], work, env)
+          str(source)], work, env)
     wheel = next((work / "dist").glob("mtkd_cache-*.whl"))
     venv = work / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], work, env)

@@ -36,7 +36,7 @@ def test_a_distill_report_is_its_json_both_ways_and_writes_every_file(tmp_path):
     assert {"accuracy", "followed", "fallbacks", "experts", "expert_split", "eval_rows", "warnings"} <= saved.keys()
     assert "teaching" not in saved and "stage1" not in saved
     assert RunReport.from_json(saved) == report == load_run_report(tmp_path)
-    assert report["accuracy"] == report.accuracy == 0.75
+    assert report.to_json()["accuracy"] == report.accuracy == 0.75
     markdown = (tmp_path / RUN_REPORT_MD).read_text()
     assert "expert → bilstm" in markdown and "fell back to M on 1 rows" in markdown and "- a warning" in markdown
     assert (tmp_path / PER_CLASS_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,7 +27,7 @@ from mtkd_cache import (
     open_cache,
 )
 from mtkd_cache.cache.manifest import load_manifest
-from mtkd_cache.distill.students import BILSTM_CONFIG, build_student
+from mtkd_cache.distillation.students import BILSTM_CONFIG, build_student
 from mtkd_cache.hashing import sha256_files
 from mtkd_cache.layout import MANIFEST_NAME
 from mtkd_cache.runners.onnx_runner import open_session

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtkd_cache.data.datasets import DatasetSpec
-from mtkd_cache.distill.strategies import Strategy, StrategyConfig
-from mtkd_cache.distill.training import TrainConfig
+from mtkd_cache.distillation.strategies import Strategy, StrategyConfig
+from mtkd_cache.distillation.training import TrainConfig
 from mtkd_cache.errors import ConfigError
 
 SELECTION_SPLIT_HELP = "Split that picks the best epoch; default validation when cached, else the eval split."

@@ -14,13 +14,13 @@ import torch
 
 from helpers.reference import build_teacherless_cache
 from mtkd_cache import open_cache
-from mtkd_cache.distill.configs import DistillConfig, TransferStage
-from mtkd_cache.distill.run import Run, RunIdentity
-from mtkd_cache.distill.runs import distill, distill_identity
-from mtkd_cache.distill.strategies import StrategyConfig
-from mtkd_cache.distill.students import BILSTM_WEIGHTS
-from mtkd_cache.distill.sweep import RUNS_DIR, SweepConfig, SweepGrid, expand_grid, run_sweep
-from mtkd_cache.distill.training import TrainConfig, recover_interrupted_writes
+from mtkd_cache.distillation.configs import DistillConfig, TransferStage
+from mtkd_cache.distillation.run import Run, RunIdentity
+from mtkd_cache.distillation.runs import distill, distill_identity
+from mtkd_cache.distillation.strategies import StrategyConfig
+from mtkd_cache.distillation.students import BILSTM_WEIGHTS
+from mtkd_cache.distillation.sweep import RUNS_DIR, SweepConfig, SweepGrid, expand_grid, run_sweep
+from mtkd_cache.distillation.training import TrainConfig, recover_interrupted_writes
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.layout import CHECKPOINT, RUN_CONFIG, STAGE1_DIR, STUDENT_DIR
 

@@ -22,10 +22,10 @@ from helpers.assets import make_rows, write_dataset
 from mtkd_cache import BuildConfig, DatasetSpec, TeacherSpec, build_cache, open_cache
 from mtkd_cache.data.augment import AugmentConfig, augment_split, write_split
 from mtkd_cache.data.batching import tokenize_rows
-from mtkd_cache.distill.runs import DistillConfig, TransferStage, distill
-from mtkd_cache.distill.strategies import StrategyConfig
-from mtkd_cache.distill.students import load_saved_student
-from mtkd_cache.distill.training import TrainConfig, predict_logits
+from mtkd_cache.distillation.runs import DistillConfig, TransferStage, distill
+from mtkd_cache.distillation.strategies import StrategyConfig
+from mtkd_cache.distillation.students import load_saved_student
+from mtkd_cache.distillation.training import TrainConfig, predict_logits
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.serve.ensemble import majority_vote, mean_probability_vote
 from mtkd_cache_cli.app import app
@@ -75,16 +75,16 @@ def test_two_stage_run_records_both_stages_and_starts_stage_two_from_stage_one(e
 
 
 def test_stage_two_starts_from_stage_one_last_weights(env, tmp_path, monkeypatch):
-    import mtkd_cache.distill.runs
+    import mtkd_cache.distillation.runs
 
     starts = []
-    real_train = mtkd_cache.distill.runs.train
+    real_train = mtkd_cache.distillation.runs.train
 
     def recording_train(model, *args, **kwargs):
         starts.append({k: v.clone() for k, v in model.state_dict().items()})
         return real_train(model, *args, **kwargs)
 
-    monkeypatch.setattr(mtkd_cache.distill.runs, "train", recording_train)
+    monkeypatch.setattr(mtkd_cache.distillation.runs, "train", recording_train)
     distill(config(env, tmp_path / "two", TransferStage("transfer", epochs=2)))
     stage1_last = torch.load(tmp_path / "two" / "stage1" / "checkpoint.pt", weights_only=False)["model"]
     assert len(starts) == 2
@@ -124,7 +124,7 @@ def test_bad_transfer_options_are_refused(env, tmp_path, changes, message):
 
 def test_unlabeled_train_split_distils_from_teachers_alone(env, tmp_path):
     result = distill(config(env, tmp_path / "kd-only", train_split="transfer", strategy=StrategyConfig("average")))
-    assert result.report["history"][0]["train_loss"] > 0
+    assert result.report.history[0]["train_loss"] > 0
     assert any("fewer than two labeled classes" in w for w in result.warnings)
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mtkd_cache.distill.experts import ExpertTable, compute_expert_table, parse_teacher_subset
+from mtkd_cache.distillation.experts import ExpertTable, compute_expert_table, parse_teacher_subset
 from mtkd_cache.errors import ConfigError, DataError
 
 LABELS = ("neg", "neu", "pos")

@@ -19,11 +19,11 @@ from safetensors.torch import load_file
 from helpers.assets import LABELS, make_teacher
 from helpers.reference import TEACHERS, build_teacherless_cache, ref_metrics
 from mtkd_cache import BuildConfig, DatasetSpec, TeacherSpec, build_cache, open_cache
-from mtkd_cache.distill.runs import DistillConfig, FinetuneConfig, distill, finetune
-from mtkd_cache.distill.selection import select_teachers
-from mtkd_cache.distill.strategies import STRATEGIES, StrategyConfig
-from mtkd_cache.distill.students import load_saved_student
-from mtkd_cache.distill.training import TrainConfig
+from mtkd_cache.distillation.runs import DistillConfig, FinetuneConfig, distill, finetune
+from mtkd_cache.distillation.selection import select_teachers
+from mtkd_cache.distillation.strategies import STRATEGIES, StrategyConfig
+from mtkd_cache.distillation.students import load_saved_student
+from mtkd_cache.distillation.training import TrainConfig
 from mtkd_cache.report.evaluation import compute_metrics
 
 ALL_STRATEGIES = ("expert", "average", "random", "best", "camkd", "mtbert", "noisy", "expert-soft")
@@ -223,7 +223,7 @@ def test_hf_student_loads_in_a_transformers_pipeline_with_the_label_names(env, r
     answers = classifier(inputs.texts)
     assert {a["label"] for a in answers} <= set(LABELS)
     accuracy = sum(a["label"] == LABELS[y] for a, y in zip(answers, inputs.labels)) / len(answers)
-    assert accuracy == pytest.approx(result.report["accuracy"], abs=1e-12)
+    assert accuracy == pytest.approx(result.report.accuracy, abs=1e-12)
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -259,7 +259,7 @@ def test_same_config_twice_gives_identical_reports_and_bit_identical_students(en
     if kind == "hf":
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2, warmup_epochs=1))
     second = distill(config)
-    assert _comparable(second.report) == _comparable(first.report)
+    assert _comparable(second.report.to_json()) == _comparable(first.report.to_json())
     _assert_same_weights(first.run_dir, second.run_dir)
 
 
@@ -283,7 +283,7 @@ def test_patience_stops_when_the_selection_score_does_not_improve(env, runs):
     assert len(scores) == 2 < 3 and scores[0] == scores[1]
     assert result.train.stopped_early and result.train.best_epoch == 0
     assert len((result.run_dir / "metrics.jsonl").read_text().splitlines()) == 2
-    assert len(result.report["history"]) == 2
+    assert len(result.report.history) == 2
 
 
 def test_finetuned_student_is_accepted_as_a_teacher_by_build(env, tmp_path):

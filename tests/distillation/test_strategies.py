@@ -2,7 +2,7 @@
 
 Each reference below is written from DESIGN.md ("Methods the product must implement") and the strategy
 docstrings, one sample and one teacher at a time with Python floats, and compared with the vectorized
-`mtkd_cache.distill.strategies.select` on random caches that contain the edge cases the formulas branch on:
+`mtkd_cache.distillation.strategies.select` on random caches that contain the edge cases the formulas branch on:
 ties, rows where several teachers are experts of their own prediction (|S| > 1), rows with no such
 teacher (|S| = 0), rows where every teacher's accuracy on its predicted class is 0, and unlabeled rows.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtkd_cache.distill.strategies import Combine, ExpertTensors, StrategyConfig, TeacherSignal, select
+from mtkd_cache.distillation.strategies import Combine, ExpertTensors, StrategyConfig, TeacherSignal, select
 from mtkd_cache.errors import ConfigError
 
 ALL = ("expert", "average", "random", "best", "camkd", "mtbert", "noisy", "expert-soft")

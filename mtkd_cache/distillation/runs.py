@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,17 +23,17 @@ from mtkd_cache.cache.reader import Cache
 from mtkd_cache.data.batching import tokenize_rows
 from mtkd_cache.data.datasets import load_task_data
 from mtkd_cache.devices import resolve_device
-from mtkd_cache.distill.configs import DistillConfig, FinetuneConfig, TransferStage
-from mtkd_cache.distill.experts import ExpertTable, parse_teacher_subset
-from mtkd_cache.distill.run import Run, RunIdentity, StageEvents, as_events, config_payload
-from mtkd_cache.distill.session import PreparedCache
-from mtkd_cache.distill.strategies import NEEDS_EXPERTS, STOCHASTIC, TeacherSignal
-from mtkd_cache.distill.students import build_student, count_parameters, load_saved_student
-from mtkd_cache.distill.training import Distillation, SplitTensors, TrainResult, predict_logits, train
+from mtkd_cache.distillation.configs import DistillConfig, FinetuneConfig, TransferStage
+from mtkd_cache.distillation.experts import ExpertTable, parse_teacher_subset
+from mtkd_cache.distillation.run import Run, RunIdentity, StageEvents, config_payload
+from mtkd_cache.distillation.session import PreparedCache
+from mtkd_cache.distillation.strategies import NEEDS_EXPERTS, STOCHASTIC, TeacherSignal
+from mtkd_cache.distillation.students import build_student, count_parameters, load_saved_student
+from mtkd_cache.distillation.training import Distillation, SplitTensors, TrainResult, predict_logits, train
 from mtkd_cache.distributed import DistributedContext
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.layout import STAGE1_DIR, STUDENT_DIR
-from mtkd_cache.progress import ProgressEvents
+from mtkd_cache.progress import ProgressEvents, SilentEvents
 from mtkd_cache.report.evaluation import compute_metrics, macro_f1, median_difference
 from mtkd_cache.report.run_report import RunReport, Teaching
 
@@ -87,12 +86,11 @@ def _require_labels(prepared: PreparedCache, option: str, split: str) -> None:
                           "choose a labeled split.")
 
 
-def distill(config: DistillConfig, events: ProgressEvents | Callable | None = None,
-            legacy_advance: Callable[[int], None] | None = None, *, prepared: PreparedCache | None = None,
+def distill(config: DistillConfig, events: ProgressEvents | None = None, *, prepared: PreparedCache | None = None,
             data_parallel: bool = True) -> RunResult:
     """Train one student from the cache; `prepared` shares the loaded cache between runs (see sweep).
 
-    `events` gets a task per epoch and an advance per batch (`legacy_advance`: see `as_events`). Under
+    `events` gets a task per epoch and an advance per batch. Under
     torchrun (and `data_parallel`) the ranks train one student with DistributedDataParallel; rank 0 alone
     writes the run directory, and every rank returns the same report."""
     prepared = prepared or PreparedCache(config.cache)
@@ -100,7 +98,7 @@ def distill(config: DistillConfig, events: ProgressEvents | Callable | None = No
     identity = distill_identity(config, cache)
     teachers, selection_split = tuple(identity.config["teachers"]), identity.config["selection_split"]
     context = distributed.current() if data_parallel else DistributedContext()
-    events = as_events(events if context.is_main else None, legacy_advance if context.is_main else None)
+    events = (events if context.is_main else None) or SilentEvents()
     warnings = []
     if config.expert_split == config.eval_split and config.strategy.name in NEEDS_EXPERTS:
         warnings.append(f"experts are chosen on '{config.expert_split}', the split the report evaluates on: the "
@@ -226,8 +224,7 @@ def _evaluate(run: Run, eval_split: SplitTensors, label_names: tuple[str, ...], 
         teaching=teaching, stage1=stage1_record)
 
 
-def finetune(config: FinetuneConfig, events: ProgressEvents | Callable | None = None,
-             legacy_advance: Callable[[int], None] | None = None) -> RunResult:
+def finetune(config: FinetuneConfig, events: ProgressEvents | None = None) -> RunResult:
     """Plain supervised fine-tuning of a teacher or student from a dataset: the same loop, no cache."""
     task = load_task_data(config.dataset)
     selection_split = config.selection_split or ("validation" if "validation" in task.splits else config.eval_split)
@@ -236,7 +233,7 @@ def finetune(config: FinetuneConfig, events: ProgressEvents | Callable | None = 
         if split not in task.splits:
             raise ConfigError(f"{option} {split}: the dataset has splits {', '.join(task.splits)}.")
     context = distributed.current()
-    events = as_events(events if context.is_main else None, legacy_advance if context.is_main else None)
+    events = (events if context.is_main else None) or SilentEvents()
     run = Run(config.out, RunIdentity({**config_payload(config), "selection_split": selection_split},
                                       {"dataset_fingerprint": task.fingerprint}), context)
     resume = run.checkpoint()

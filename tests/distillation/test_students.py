@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification
 
 from helpers.assets import LABELS, make_teacher
 from mtkd_cache import ConfigError
-from mtkd_cache.distill.students import BiLSTMClassifier, build_student, load_saved_student
+from mtkd_cache.distillation.students import BiLSTMClassifier, build_student, load_saved_student
 
 
 def _logits(model, tokenizer, texts):

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mtkd_cache.atomic import write_atomically
-from mtkd_cache.distill.training import TrainResult
+from mtkd_cache.distillation.training import TrainResult
 from mtkd_cache.distributed import DistributedContext
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.hashing import sha256_bytes
 from mtkd_cache.layout import CHECKPOINT, METRICS_LOG, RUN_CONFIG
-from mtkd_cache.progress import ProgressEvents, SilentEvents
+from mtkd_cache.progress import ProgressEvents
 from mtkd_cache.report.run_report import RunReport, write_report
 
 PLACES = ("out", "cache")  # where things live, left out of the identity
@@ -97,27 +96,6 @@ def history_lines(result: TrainResult, stage1: TrainResult | None = None) -> str
         for record in records:
             lines.append(json.dumps(dataclasses.asdict(record) | ({"stage": stage} if stage else {})) + "\n")
     return "".join(lines)
-
-
-class _CallbackEvents(SilentEvents):
-    def __init__(self, task: Callable[[str, int], None] | None, advance: Callable[[int], None] | None):
-        self._task, self._advance = task, advance
-
-    def task(self, description: str, total: int) -> None:
-        if self._task:
-            self._task(description, total)
-
-    def advance(self, rows: int) -> None:
-        if self._advance:
-            self._advance(rows)
-
-
-def as_events(events: ProgressEvents | Callable | None, advance: Callable[[int], None] | None = None) -> ProgressEvents:
-    """`events`, or SilentEvents. The demo (mtkd_cache/demo, another stage's module) still passes a
-    (task, advance) pair of callables; they are wrapped here until it passes a ProgressEvents."""
-    if callable(events) or advance is not None:
-        return _CallbackEvents(events, advance)
-    return events if events is not None else SilentEvents()
 
 
 class StageEvents:

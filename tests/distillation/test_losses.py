@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 
-from mtkd_cache.distill.losses import distillation_loss, supervised_loss
-from mtkd_cache.distill.strategies import Combine
+from mtkd_cache.distillation.losses import distillation_loss, supervised_loss
+from mtkd_cache.distillation.strategies import Combine
 
 STUDENT = [[1.0, 0.5, -0.5], [0.2, -1.0, 0.3]]
 TEACHERS = [[[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mtkd_cache.distill.strategies import Combine
+from mtkd_cache.distillation.strategies import Combine
 
 
 def kl_to_student(teacher_logits: torch.Tensor, student_log_probs: torch.Tensor, temperature: float) -> torch.Tensor:

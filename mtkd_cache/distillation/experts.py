@@ -19,8 +19,7 @@ import polars as pl
 
 from mtkd_cache.atomic import write_atomically
 from mtkd_cache.errors import ConfigError, DataError
-
-EXPERTS_DIR = "experts"
+from mtkd_cache.layout import EXPERTS_DIR
 
 
 @dataclass

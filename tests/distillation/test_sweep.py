@@ -21,14 +21,14 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import mtkd_cache.data.batching
-import mtkd_cache.distill.session
+import mtkd_cache.distillation.session
 from helpers.assets import make_teacher
 from mtkd_cache import BuildConfig, DatasetSpec, TeacherSpec, build_cache
 from mtkd_cache.cache.verify import verify_cache
-from mtkd_cache.distill.runs import DistillConfig, distill
-from mtkd_cache.distill.session import STUDENT_INPUTS_DIR, PreparedCache
-from mtkd_cache.distill.strategies import StrategyConfig
-from mtkd_cache.distill.sweep import (
+from mtkd_cache.distillation.runs import DistillConfig, distill
+from mtkd_cache.distillation.session import PreparedCache
+from mtkd_cache.distillation.strategies import StrategyConfig
+from mtkd_cache.distillation.sweep import (
     DONE_MARKER,
     RUNS_DIR,
     SweepConfig,
@@ -38,8 +38,9 @@ from mtkd_cache.distill.sweep import (
     run_sweep,
     sweep_config_from_options,
 )
-from mtkd_cache.distill.training import TrainConfig
+from mtkd_cache.distillation.training import TrainConfig
 from mtkd_cache.errors import ConfigError
+from mtkd_cache.layout import STUDENT_INPUTS_DIR
 from mtkd_cache.report.leaderboard import write_leaderboard
 from mtkd_cache_cli.app import app
 
@@ -107,8 +108,8 @@ def test_bad_grids_are_refused_by_name(env, tmp_path, grid, message):
 
 def test_a_run_inside_a_sweep_equals_the_same_run_alone(env, tmp_path, monkeypatch):
     selections = []
-    real_select = mtkd_cache.distill.session.select
-    monkeypatch.setattr(mtkd_cache.distill.session, "select", lambda *a, **k: selections.append(a[0].name) or real_select(*a, **k))
+    real_select = mtkd_cache.distillation.session.select
+    monkeypatch.setattr(mtkd_cache.distillation.session, "select", lambda *a, **k: selections.append(a[0].name) or real_select(*a, **k))
     grid = SweepGrid(strategies=("expert", "random"), alphas=(0.3, 0.7), seeds=(0, 1), subset_sizes=(2,))
     config = SweepConfig(base_config(env, tmp_path / "sweep", epochs=2), grid)
     result = run_sweep(config)
@@ -124,7 +125,7 @@ def test_a_run_inside_a_sweep_equals_the_same_run_alone(env, tmp_path, monkeypat
     inside = tmp_path / "sweep" / RUNS_DIR / row.run
     report_inside = json.loads((inside / "report.json").read_text())
     for key in ("accuracy", "macro_f1", "mcc", "confusion_matrix", "followed", "best_epoch"):
-        assert report_inside[key] == alone.report[key], key
+        assert report_inside[key] == alone.report.to_json()[key], key
     assert [h["train_loss"] for h in report_inside["history"]] == [h.train_loss for h in alone.train.history]
     weights_inside = load_file(inside / "student" / "model.safetensors")
     weights_alone = load_file(alone.run_dir / "student" / "model.safetensors")
@@ -144,13 +145,13 @@ def test_tokens_are_kept_on_disk_and_reused_by_the_next_process(env, tmp_path, m
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr(mtkd_cache.distill.session, "tokenize_rows", no_tokenizing)
+    monkeypatch.setattr(mtkd_cache.distillation.session, "tokenize_rows", no_tokenizing)
     first = json.loads(next((tmp_path / "first" / RUNS_DIR).glob("*/report.json")).read_text())
     again = run_sweep(SweepConfig(base_config(env, tmp_path / "second")))
     assert again.rows[0].accuracy == first["accuracy"]
 
     # A damaged token file is recomputed, not trusted.
-    monkeypatch.setattr(mtkd_cache.distill.session, "tokenize_rows", mtkd_cache.data.batching.tokenize_rows)
+    monkeypatch.setattr(mtkd_cache.distillation.session, "tokenize_rows", mtkd_cache.data.batching.tokenize_rows)
     for path in saved:
         path.write_bytes(path.read_bytes()[:40])
     prepared = PreparedCache(env["cache"])

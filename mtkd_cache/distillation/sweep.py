@@ -27,12 +27,12 @@ from mtkd_cache import distributed
 from mtkd_cache._faults import fault_point
 from mtkd_cache.atomic import write_atomically
 from mtkd_cache.config_files import read_options_file
-from mtkd_cache.distill.configs import DistillConfig
-from mtkd_cache.distill.experts import parse_teacher_subset
-from mtkd_cache.distill.runs import RunResult, distill, distill_identity, resolve_splits
-from mtkd_cache.distill.session import PreparedCache
-from mtkd_cache.distill.strategies import Strategy, StrategyConfig
-from mtkd_cache.distill.training import TrainConfig
+from mtkd_cache.distillation.configs import DistillConfig
+from mtkd_cache.distillation.experts import parse_teacher_subset
+from mtkd_cache.distillation.runs import RunResult, distill, distill_identity, resolve_splits
+from mtkd_cache.distillation.session import PreparedCache
+from mtkd_cache.distillation.strategies import Strategy, StrategyConfig
+from mtkd_cache.distillation.training import TrainConfig
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.layout import SWEEP_RUN_DONE, SWEEP_RUNS_DIR
 from mtkd_cache.progress import ProgressEvents, SilentEvents

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mtkd_cache.distill.configs import DistillConfig, TransferStage
-from mtkd_cache.distill.strategies import Strategy, StrategyConfig
-from mtkd_cache.distill.sweep import SweepConfig, SweepGrid
-from mtkd_cache.distill.training import TrainConfig
+from mtkd_cache.distillation.configs import DistillConfig, TransferStage
+from mtkd_cache.distillation.strategies import Strategy, StrategyConfig
+from mtkd_cache.distillation.sweep import SweepConfig, SweepGrid
+from mtkd_cache.distillation.training import TrainConfig
 from mtkd_cache.errors import ConfigError
 
 

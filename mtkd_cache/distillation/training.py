@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,10 +20,10 @@ import numpy as np
 import torch
 
 from mtkd_cache._faults import fault_point
-from mtkd_cache.atomic import TEMP_PREFIX, replace_directory, write_atomically
+from mtkd_cache.atomic import recover_directory, remove_temporaries, replace_directory, write_atomically
 from mtkd_cache.data.batching import TokenizedRows, batched_forward, pad_rows
-from mtkd_cache.distill.losses import distillation_loss, supervised_loss
-from mtkd_cache.distill.strategies import TeacherSignal
+from mtkd_cache.distillation.losses import distillation_loss, supervised_loss
+from mtkd_cache.distillation.strategies import TeacherSignal
 from mtkd_cache.distributed import DistributedContext
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.layout import CHECKPOINT, STUDENT_DIR
@@ -277,22 +276,13 @@ def _predict_split(model, tokens: TokenizedRows, pad_id: int, device: torch.devi
 
 
 def recover_interrupted_writes(run_dir: Path) -> None:
-    """Undo what a kill in the middle of a write left in `run_dir` (the atomic module's temporaries).
+    """Undo what a kill in the middle of a write left in `run_dir`.
 
-    `atomic.replace_directory` moves the old best student aside as `.tmp-student.<pid>.old` before renaming
-    the new one in; a kill between the two renames leaves no student/, so the aside copy is renamed back.
-    Every other temporary of a killed writer (a half-filled student, a half-written checkpoint) is removed:
-    the checkpoint it would have replaced is still the last complete one. The killed process's pid is
-    unknown here, hence the match on the name without it."""
-    student = run_dir / STUDENT_DIR
-    leftovers = sorted(run_dir.glob(f"{TEMP_PREFIX}*"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in leftovers:  # newest first: after several kills the latest aside copy is the best student
-        if path.name.startswith(f"{TEMP_PREFIX}{STUDENT_DIR}.") and path.name.endswith(".old") and not student.exists():
-            path.rename(student)
-        elif path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+    A kill between `replace_directory`'s two renames leaves no student/ but the previous best student moved
+    aside: it is put back. Every other temporary (a half-filled student, a half-written checkpoint) is
+    removed: the checkpoint it would have replaced is still the last complete one."""
+    recover_directory(run_dir / STUDENT_DIR)
+    remove_temporaries(run_dir, recursive=False)
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, result: TrainResult, fingerprint: str) -> None:

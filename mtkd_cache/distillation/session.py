@@ -22,12 +22,11 @@ import torch
 from mtkd_cache.atomic import write_atomically
 from mtkd_cache.cache.reader import Cache, SplitInputs, open_cache
 from mtkd_cache.data.batching import TokenizedRows, tokenize_rows
-from mtkd_cache.distill.experts import ExpertTable, compute_expert_table, save_expert_table
-from mtkd_cache.distill.strategies import STOCHASTIC, ExpertTensors, StrategyConfig, TeacherSignal, select
+from mtkd_cache.distillation.experts import ExpertTable, compute_expert_table, save_expert_table
+from mtkd_cache.distillation.strategies import STOCHASTIC, ExpertTensors, StrategyConfig, TeacherSignal, select
 from mtkd_cache.errors import CacheWriteError
 from mtkd_cache.hashing import sha256_bytes, sha256_files
-
-STUDENT_INPUTS_DIR = "student-inputs"
+from mtkd_cache.layout import STUDENT_INPUTS_DIR
 
 
 class PreparedCache:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from mtkd_cache.atomic import write_atomically
-from mtkd_cache.distill.experts import parse_teacher_subset
-from mtkd_cache.distill.session import PreparedCache
-from mtkd_cache.distill.strategies import Strategy, StrategyConfig
+from mtkd_cache.distillation.experts import parse_teacher_subset
+from mtkd_cache.distillation.session import PreparedCache
+from mtkd_cache.distillation.strategies import Strategy, StrategyConfig
 from mtkd_cache.errors import ConfigError
 
 
