@@ -9,17 +9,17 @@ a typo fails before any work and a missing GPU fails on the machine that lacks i
 from __future__ import annotations
 
 import re
-from enum import Enum
 
 import torch
 
+from mtkd_cache.choices import Choice
 from mtkd_cache.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N: a device is an open set, so it stays a checked string
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-class DType(str, Enum):
+class DType(Choice):
     """The compute precision of a torch model; `auto` is decided per device by `resolve_dtype`."""
 
     AUTO = "auto"
@@ -27,17 +27,7 @@ class DType(str, Enum):
     FLOAT16 = "float16"
     BFLOAT16 = "bfloat16"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-
-def choice(enum: type[Enum], value: object, flag: str) -> Enum:
-    """`value` (a member or its string) as a member of `enum`; a one-line ConfigError naming `flag` otherwise."""
-    try:
-        return enum(value)
-    except ValueError:
-        raise ConfigError(f"{flag} must be one of {', '.join(m.value for m in enum)}, not '{value}'.") from None
 
 
 def check_device(requested: str, flag: str = "--device") -> str:
@@ -63,7 +53,7 @@ def resolve_device(requested: str) -> torch.device:
 
 def resolve_dtype(requested: str | DType, device: torch.device) -> torch.dtype:
     """`auto` is bfloat16 on CUDA cards that support it, float16 on older cards, float32 on CPU."""
-    requested = choice(DType, requested, "--dtype")
+    requested = DType.parse(requested, "--dtype")
     if requested is DType.AUTO:
         if device.type != "cuda":
             return torch.float32

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtkd_cache import ConfigError
-from mtkd_cache.devices import DType, check_device, choice, resolve_device, resolve_dtype
+from mtkd_cache.devices import DType, check_device, resolve_device, resolve_dtype
 
 
 @pytest.mark.parametrize("spelling", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
@@ -38,6 +38,6 @@ def test_dtype_accepts_the_member_or_its_string_and_refuses_fp16_on_cpu():
 
 
 def test_choice_names_the_flag_and_every_member():
-    assert choice(DType, "float32", "--dtype") is DType.FLOAT32
+    assert DType.parse("float32", "--dtype") is DType.FLOAT32
     with pytest.raises(ConfigError, match="^--precision must be one of auto, float32, float16, bfloat16, not 'x'.$"):
-        choice(DType, "x", "--precision")
+        DType.parse("x", "--precision")

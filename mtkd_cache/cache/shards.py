@@ -16,7 +16,6 @@ a final path only ever holds a complete file whose sha256 is known before the ma
 from __future__ import annotations
 
 import io
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,18 @@ import pyarrow.parquet as pq
 
 from mtkd_cache.atomic import write_atomically
 from mtkd_cache.cache.manifest import ShardRecord
+from mtkd_cache.choices import Choice
 from mtkd_cache.errors import CacheFormatError, CacheIntegrityError
 from mtkd_cache.hashing import sha256_bytes
 from mtkd_cache.layout import outputs_path as outputs_path  # re-exported for benchmarks/bench_cache_io.py only
 
 
-class LogitsDType(str, Enum):
+class LogitsDType(Choice):
     """The precision logits are stored in; the manifest records the value string."""
 
     FLOAT16 = "float16"
     FLOAT32 = "float32"
 
-    def __str__(self) -> str:
-        return self.value
 
 
 # BYTE_STREAM_SPLIT must name the leaf path; pyarrow silently ignores the plain column name "logits".

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from mtkd_cache.errors import ConfigError
+from mtkd_cache.choices import Choice
 
 
 class Combine(enum.Enum):
@@ -27,7 +27,7 @@ class Combine(enum.Enum):
     LOSSES = "losses"
 
 
-class Strategy(str, enum.Enum):
+class Strategy(Choice):
     """The selection strategies (DESIGN.md "Strategies"); the value is the CLI's and report's name."""
 
     EXPERT = "expert"
@@ -39,19 +39,9 @@ class Strategy(str, enum.Enum):
     NOISY = "noisy"
     EXPERT_SOFT = "expert-soft"
 
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
     @classmethod
-    def parse(cls, value: str | Strategy, option: str = "--strategy") -> Strategy:
-        """The strategy called `value`; a ConfigError naming `option` and the choices otherwise."""
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"{option} must be one of {', '.join(s.value for s in cls)}, not '{value}'.") from None
+    def parse(cls, value: object, flag: str = "--strategy") -> Strategy:
+        return super().parse(value, flag)
 
 
 STRATEGY_NAMES = tuple(s.value for s in Strategy)

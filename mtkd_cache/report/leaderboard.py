@@ -9,7 +9,6 @@ leaderboard.md and robustness.png in the sweep directory.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,32 +16,23 @@ from pathlib import Path
 import polars as pl
 
 from mtkd_cache.atomic import write_atomically
-from mtkd_cache.errors import ConfigError
+from mtkd_cache.choices import Choice
 from mtkd_cache.layout import LEADERBOARD, LEADERBOARD_MD, ROBUSTNESS, ROBUSTNESS_PLOT
 from mtkd_cache.report.plots import plot_robustness
 
 CONFIG = ["strategy", "alpha", "temperature"]
 
 
-class Metric(str, enum.Enum):
+class Metric(Choice):
     """What a leaderboard ranks by (and robustness spreads): a column of every run's row."""
 
     ACCURACY = "accuracy"
     MACRO_F1 = "macro_f1"
     MCC = "mcc"
 
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
     @classmethod
-    def parse(cls, value: str | Metric, option: str = "--metric") -> Metric:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ConfigError(f"{option} must be one of {', '.join(METRICS)}, not '{value}'.") from None
+    def parse(cls, value: object, flag: str = "--metric") -> Metric:
+        return super().parse(value, flag)
 
 
 METRICS = tuple(m.value for m in Metric)

@@ -8,28 +8,26 @@ backend (`torch_runner.TorchTeacher`) and the onnx backend (`onnx_runner.OnnxTea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from mtkd_cache._faults import fault_point
+from mtkd_cache.choices import Choice
 from mtkd_cache.data.batching import TokenizedRows, batched_forward
-from mtkd_cache.devices import DType, check_device, choice, resolve_device, resolve_dtype
+from mtkd_cache.devices import DType, check_device, resolve_device, resolve_dtype
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.progress import ProgressEvents
 from mtkd_cache.runners.teachers import ResolvedTeacher
 
 
-class Backend(str, Enum):
+class Backend(Choice):
     """How teachers run: `torch` loads checkpoint directories, `onnx` runs .onnx files with onnxruntime."""
 
     TORCH = "torch"
     ONNX = "onnx"
 
-    def __str__(self) -> str:
-        return self.value
 
 
 
@@ -53,8 +51,8 @@ class RunnerConfig:
         "--backend onnx on CUDA: TensorRT's provider first (needs TensorRT; slow first build, engines cached).")})
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "backend", choice(Backend, self.backend, "--backend"))
-        object.__setattr__(self, "dtype", choice(DType, self.dtype, "--dtype"))
+        object.__setattr__(self, "backend", Backend.parse(self.backend, "--backend"))
+        object.__setattr__(self, "dtype", DType.parse(self.dtype, "--dtype"))
         check_device(self.device)
         if self.tensorrt and self.backend is not Backend.ONNX:
             raise ConfigError("--tensorrt applies to --backend onnx only.")

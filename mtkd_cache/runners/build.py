@@ -49,7 +49,7 @@ from mtkd_cache.cache.shards import (
 )
 from mtkd_cache.data.batching import TokenizedRows, tokenize_rows
 from mtkd_cache.data.datasets import DUPLICATE_POLICY, TEXT_POLICY, DatasetSpec, TaskData, load_task_data
-from mtkd_cache.devices import choice, dtype_name
+from mtkd_cache.devices import dtype_name
 from mtkd_cache.distributed import DistributedContext, balanced_assignment
 from mtkd_cache.errors import CacheMismatchError, ConfigError, MtkdError, TeacherError
 from mtkd_cache.hashing import row_digests
@@ -79,7 +79,7 @@ class BuildConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "teachers", tuple(self.teachers))
         object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "logits_dtype", choice(LogitsDType, self.logits_dtype, "--logits-dtype"))
+        object.__setattr__(self, "logits_dtype", LogitsDType.parse(self.logits_dtype, "--logits-dtype"))
         if not self.teachers:
             raise ConfigError("give at least one --teacher NAME=SOURCE.")
         names = [t.name for t in self.teachers]

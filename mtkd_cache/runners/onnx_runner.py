@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mtkd_cache.devices import choice
+from mtkd_cache.choices import Choice
 from mtkd_cache.errors import ConfigError, TeacherError
 from mtkd_cache.runners.model_files import TOKENIZER_FILES, import_optional
 
@@ -28,7 +27,7 @@ _TENSORRT = "TensorrtExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
 
-class GraphOptimization(str, Enum):
+class GraphOptimization(Choice):
     """onnxruntime's graph optimization level; the value is ours, `level` onnxruntime's name for it."""
 
     DISABLE = "disable"
@@ -36,8 +35,6 @@ class GraphOptimization(str, Enum):
     EXTENDED = "extended"
     ALL = "all"
 
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def level(self) -> str:
@@ -60,7 +57,7 @@ class OnnxOptions:
     max_length: int = 512
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "optimization", choice(GraphOptimization, self.optimization, "ONNX optimization"))
+        object.__setattr__(self, "optimization", GraphOptimization.parse(self.optimization, "ONNX optimization"))
 
 
 def resolve_onnx_device(requested: str) -> torch.device:
