@@ -30,12 +30,14 @@ from mtkd_cache.data.batching import tokenize_rows
 from mtkd_cache.data.datasets import DatasetSpec
 from mtkd_cache.demo.bbc import prepare as prepare_bbc
 from mtkd_cache.devices import resolve_device
+from mtkd_cache.distillation.configs import DistillConfig, FinetuneConfig
 from mtkd_cache.distillation.experts import ExpertTable
-from mtkd_cache.distillation.runs import DistillConfig, FinetuneConfig, distill, expert_table_for, finetune
+from mtkd_cache.distillation.runs import distill, expert_table_for, finetune
 from mtkd_cache.distillation.strategies import StrategyConfig
 from mtkd_cache.distillation.students import count_parameters, load_saved_student, quiet_transformers
-from mtkd_cache.distillation.training import BEST_DIR, TrainConfig, predict_logits
+from mtkd_cache.distillation.training import TrainConfig, predict_logits
 from mtkd_cache.errors import ConfigError
+from mtkd_cache.layout import RUN_REPORT, STUDENT_DIR
 from mtkd_cache.progress import ProgressEvents
 from mtkd_cache.report.evaluation import compute_metrics, median_difference, new_axes, per_class_table, save_figure
 from mtkd_cache.report.run_report import RunReport
@@ -148,10 +150,10 @@ def run_demo(out: Path, events: ProgressEvents | None = None, per_class: int | N
     for teacher in TEACHERS:
         base = _base_model(out / "teachers" / f"{teacher.name}-base", teacher)
         run = out / "teachers" / f"{teacher.name}{suffix}"
-        if not (run / "report.json").exists():
+        if not (run / RUN_REPORT).exists():
             finetune(FinetuneConfig(dataset=dataset, student=str(base), out=run,
                                     train=_with(TEACHER_TRAINING, seed=teacher.seed, device=device)), events)
-        teacher_dirs[teacher.name] = run / BEST_DIR
+        teacher_dirs[teacher.name] = run / STUDENT_DIR
     stage("finetune teachers")
 
     build_cache(BuildConfig(dataset=dataset, teachers=tuple(TeacherSpec(n, str(d)) for n, d in teacher_dirs.items()),
