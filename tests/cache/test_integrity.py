@@ -80,6 +80,11 @@ def test_logits_that_overflow_float16_are_refused_at_build_naming_the_samples(sm
     assert "--logits-dtype float32" in message and "sample ids 0, 1, 2, 3" in message and "\n" not in message
     assert not out.exists() or "loud" not in load_manifest(out).teachers  # no inf ever committed
 
+    result = _cli("build", "--dataset", small_data, "--teacher", f"loud={loud_teacher}", "--out", out, "--shard-rows", 4)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # after the progress bar
+    assert result.exit_code == 2 and "Traceback" not in result.output and len(errors) == 1, result.output
+    assert "too large for float16" in errors[0] and "--logits-dtype float32" in errors[0]
+
     _build(small_data, {"loud": loud_teacher}, tmp_path / "c32", logits_dtype="float32")
     logits = open_cache(tmp_path / "c32").teacher_outputs("train").logits
     assert np.isfinite(logits).all() and np.abs(logits).max() > 65504  # they really did overflow float16
@@ -148,6 +153,7 @@ def test_a_shard_listed_as_another_is_refused_by_the_reader_and_verify(swap, two
     assert not report.ok and any(target in p and field in p for p in report.problems)
     result = _cli("verify", two_teachers)
     assert result.exit_code == 1 and target in result.stdout
+    assert_user_error(_cli("experts", two_teachers, "--split", "train"), target, "is not the shard the manifest lists")
 
 
 @pytest.mark.fault
