@@ -94,7 +94,7 @@ def info(
 @app.command()
 @user_errors
 def verify(cache: Annotated[Path, typer.Argument(help="Cache directory.")], config: ConfigFile = None) -> None:
-    """Re-hash every shard the manifest lists; exit 1 naming each bad file."""
+    """Re-hash every listed shard, check it is the shard listed, recompute the fingerprints; exit 1 naming each problem."""
     report = verify_cache(cache)
     for problem in report.problems:
         stdout.print(f"[red]BAD[/red] {problem}", highlight=False, soft_wrap=True)

@@ -44,7 +44,7 @@ def write_atomically(path: Path, data: bytes | str, *, durable: bool = True, fau
     temporary = temporary_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as handle:
+        with _create_new(temporary) as handle:
             handle.write(payload)
             handle.flush()
             if durable:
@@ -59,6 +59,18 @@ def write_atomically(path: Path, data: bytes | str, *, durable: bool = True, fau
         raise write_error(path, error) from error
     if fault:
         fault_point(f"{fault}_renamed")
+
+
+def _create_new(path: Path):
+    """A fresh file at `path` for writing, never through a symbolic link: a leftover of this pid (or a link
+    planted under the temporary's name) is removed first — unlinking a link removes the link, not its target —
+    and exclusive creation without following links (O_EXCL | O_NOFOLLOW) refuses anything that appears meanwhile."""
+    path.unlink(missing_ok=True)
+    return open(path, "wb", opener=_new_file_no_follow)
+
+
+def _new_file_no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
 
 
 def replace_directory(target: Path, fill: Callable[[Path], None]) -> None:

@@ -42,8 +42,10 @@ OUTPUTS_DIR = "outputs"
 SHARD_FOLDERS = (INPUTS_DIR, OUTPUTS_DIR)
 EXPERTS_DIR = "experts"
 STUDENT_INPUTS_DIR = "student-inputs"
-# Row numbers are zero-padded to 10 digits so that shard names sort in row order.
+# Row numbers are zero-padded to 10 digits so that shard names sort in row order; no split can have more
+# rows than that (the manifest parser refuses larger row counts before anything is allocated for them).
 _ROWS = "rows-{start:010d}-{end:010d}.parquet"
+MAX_ROWS = 10**10 - 1
 
 
 def inputs_path(split: str, row_start: int, row_end: int) -> str:

@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from mtkd_cache.atomic import TEMP_PREFIX, write_error
 from mtkd_cache.cache.manifest import Manifest, ShardRecord, TeacherRecord, load_manifest
-from mtkd_cache.cache.shards import write_shard
+from mtkd_cache.cache.shards import shard_identity, write_shard
+from mtkd_cache.cache.verify import symlinks_inside
 from mtkd_cache.errors import ConfigError, MtkdError
 from mtkd_cache.layout import LOCK_NAME, MANIFEST_NAME, RECEIPTS_DIR, SHARD_FOLDERS
 
@@ -51,6 +52,17 @@ def refuse_foreign_directory(out: Path) -> None:
         )
 
 
+def refuse_symlinks(out: Path) -> None:
+    """A build writes only into the cache's own folders: a symbolic link inside it (a shard folder linked
+    elsewhere, a linked shard) would let it write or truncate files outside the cache."""
+    links = symlinks_inside(out)
+    if links:
+        raise ConfigError(
+            f"{out} holds symbolic link(s) ({', '.join(links[:5])}); a cache holds only plain files and folders: "
+            "replace each link with what it points to, or delete it, and re-run."
+        )
+
+
 class ShardCommitter:
     """Writes shards and commits the manifest on one background thread, at most one commit in flight."""
 
@@ -66,7 +78,9 @@ class ShardCommitter:
         self._pending = self._executor.submit(self._commit, record, table, schema, teacher)
 
     def _commit(self, record: ShardRecord, table: pa.Table, schema: pa.Schema, teacher: TeacherRecord | None) -> None:
-        record.bytes, record.sha256 = write_shard(self.cache_dir, record.path, table, schema)
+        owner = teacher if teacher is not None or record.teacher is None else self.manifest.teachers[record.teacher]
+        identity = shard_identity(record, self.manifest.dataset.fingerprint, owner)
+        record.bytes, record.sha256 = write_shard(self.cache_dir, record.path, table, schema, identity)
         if teacher is not None:
             self.manifest.teachers[teacher.name] = teacher
         self.manifest.put_shard(record)

@@ -3,6 +3,8 @@
 The lock is an OS advisory lock (fcntl.flock) on `<cache>/.lock`: the kernel releases it when its
 holder dies, so a lock left by a killed process is stale by construction and is simply taken over.
 The file also records who holds it (host, pid, command, start time) so the second builder can say so.
+It is opened without following a symbolic link (O_NOFOLLOW): taking the lock truncates the file, and a
+`.lock` linking elsewhere would otherwise truncate whatever it points to, outside the cache.
 """
 
 from __future__ import annotations
@@ -26,10 +28,17 @@ class CacheLock:
         self.took_over_from: dict | None = None  # holder info of a stale lock this one replaced
 
     def __enter__(self) -> CacheLock:
+        if self.path.is_symlink():
+            raise LockError(f"{self.path} is a symbolic link, not this cache's lock file; delete the link "
+                            "(nothing it points to is touched) and re-run.")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "a+")
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            handle = os.fdopen(descriptor, "a+")
         except OSError as error:
+            if self.path.is_symlink():  # made between the check above and the open: still never followed
+                raise LockError(f"{self.path} is a symbolic link, not this cache's lock file; delete the link "
+                                "and re-run.") from None
             raise CacheWriteError(
                 f"cannot create the lock file {self.path}: {error.strerror or error}; check the directory's permissions."
             ) from error

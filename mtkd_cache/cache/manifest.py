@@ -4,24 +4,48 @@ Readers use only the shards the manifest lists. The manifest is replaced atomica
 temporary file, fsynced, renamed over the old one, and the directory fsynced, so a crash at any instant
 leaves the previous or the next version, never a torn one.
 
+Nothing in a manifest is trusted before it is checked: `parse_manifest` (used for local manifests and for
+the remote ones `pull` reads) checks the digest, then every field's type and range, every name, and every
+cross-reference (a shard's split and teacher exist, its rows lie inside its split), and refuses with one
+line naming the field. A hostile or damaged manifest never reaches a reader that would allocate or open
+what it says.
+
 Format history (readers upgrade older versions in `_upgrade`):
   1 — first version. Later, within it: a teacher's optional `providers` (the onnx backend's onnxruntime
       execution providers); written only when non-empty, so torch-backend caches stay readable by 0.1.0.
+  2 — the manifest carries `digest`: the sha256 of its canonical JSON without that field
+      (`json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`, UTF-8), checked
+      on every parse, so a flipped byte is refused instead of trusted. Shards written since carry their own
+      identity in the Parquet key-value metadata (shards.py, key `mtkd_cache.shard`). A format-1 manifest
+      is read without a digest check, and its shards without metadata are identified by their sample ids
+      alone; a build that resumes a format-1 cache rewrites its manifest as format 2 (the old shards keep
+      no metadata and stay valid, new shards carry it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtkd_cache.atomic import write_atomically
+from mtkd_cache.choices import Choice
 from mtkd_cache.errors import CacheFormatError
-from mtkd_cache.layout import MANIFEST_NAME, PACKAGE_VERSION, SHARD_PATH
+from mtkd_cache.layout import MANIFEST_NAME, MAX_ROWS, NAME, PACKAGE_VERSION, SHARD_PATH
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DIGEST_FIELD = "digest"
+
+
+class LogitsDType(Choice):
+    """The precision logits are stored in; the manifest records the value string."""
+
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
 
 
 @dataclass
@@ -64,6 +88,12 @@ class TeacherRecord:
     def differences(self, other: TeacherRecord) -> list[tuple[str, object, object]]:
         return [(f, getattr(self, f), getattr(other, f)) for f in self.IDENTITY_FIELDS
                 if getattr(self, f) != getattr(other, f)]
+
+    def identity(self) -> str:
+        """A digest of `IDENTITY_FIELDS`: what a shard records as its teacher. Not the name, so that a teacher
+        renamed by `merge --rename` still owns its shards, while another teacher's shard is told apart."""
+        values = {name: getattr(self, name) for name in self.IDENTITY_FIELDS}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -126,15 +156,25 @@ class Manifest:
     def to_json(self) -> str:
         # Shallow field dicts instead of dataclasses.asdict: asdict deep-copies every record and dominated
         # the per-shard commit of large caches (25 of 31 ms at 738 shards).
-        document = {**_fields(self), "dataset": _fields(self.dataset),
+        document = {**_fields(self), "format_version": FORMAT_VERSION, "dataset": _fields(self.dataset),
                     "splits": {name: _fields(split) for name, split in self.splits.items()},
                     "teachers": {name: teacher_fields(teacher) for name, teacher in self.teachers.items()},
                     "shards": [_fields(record) for record in self.shards]}
+        document[DIGEST_FIELD] = manifest_digest(document)
         return json.dumps(document, indent=1)
 
     def save(self, cache_dir: Path) -> None:
+        """Commit this manifest, in the current format (a manifest read from an older one is upgraded)."""
         self.updated_at = time.time()
+        self.format_version = FORMAT_VERSION
         write_atomically(cache_dir / MANIFEST_NAME, self.to_json(), durable=True, fault="manifest_tmp")
+
+
+def manifest_digest(document: dict) -> str:
+    """The sha256 of a manifest document's canonical JSON, leaving out the digest field itself."""
+    content = {key: value for key, value in document.items() if key != DIGEST_FIELD}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 def _fields(record) -> dict:
@@ -162,13 +202,14 @@ def load_manifest(cache_dir: Path) -> Manifest:
 
 
 def parse_manifest(data: bytes, where: str) -> Manifest:
-    """A manifest from its bytes (a local file or a remote object named `where` in messages)."""
+    """A manifest from its bytes (a local file or a remote object named `where` in messages), checked
+    field by field; anything damaged, hostile or inconsistent raises a one-line CacheFormatError."""
     try:
         raw = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CacheFormatError(f"{where} is not valid JSON ({error}); restore it or rebuild the cache.") from error
     version = raw.get("format_version") if isinstance(raw, dict) else None
-    if not isinstance(version, int):
+    if not _is_int(version):
         raise CacheFormatError(f"{where} has no format_version; it is not an mtkd-cache manifest.")
     if version > FORMAT_VERSION:
         raise CacheFormatError(
@@ -177,23 +218,61 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         )
     if version < 1:
         raise CacheFormatError(f"{where} has format_version {version}; no such version exists. Restore it or rebuild.")
+    # Fields first, so that a bad value is named exactly; then the digest, which catches every change that
+    # leaves the manifest well-formed (a flipped digit of a hash, a row count, a label name).
     try:
-        return _from_dict(_upgrade(raw))
+        manifest = _from_dict(_upgrade(raw))
+        _validate(manifest)
+    except InvalidField as error:
+        raise CacheFormatError(f"{where} has an invalid {error}; restore it or rebuild the cache.") from error
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise CacheFormatError(f"{where} is missing or has a malformed field ({error}); restore it or rebuild.") from error
+    if version >= 2:
+        _check_digest(raw, where)
+    return manifest
+
+
+def _check_digest(raw: dict, where: str) -> None:
+    recorded = raw.get(DIGEST_FIELD)
+    if recorded is None:
+        raise CacheFormatError(f"{where} is damaged: it has no {DIGEST_FIELD}; pull a good copy or rebuild the cache.")
+    actual = manifest_digest(raw)
+    if recorded != actual:
+        raise CacheFormatError(
+            f"{where} is damaged: its content hashes to {actual}, its {DIGEST_FIELD} says {recorded}; "
+            "pull a good copy or rebuild the cache."
+        )
 
 
 def _upgrade(raw: dict) -> dict:
-    # Each older format version gets a step here that rewrites it into the next one.
-    return raw
+    # Each older format version gets a step here that rewrites it into the next one. 1 -> 2 adds only the
+    # digest (checked above for 2, absent in 1) and shard metadata (read where present): no field changes.
+    return {key: value for key, value in raw.items() if key != DIGEST_FIELD}
+
+
+class InvalidField(ValueError):
+    """A manifest field of the right shape but an impossible value; the message names the field."""
+
+    def __init__(self, name: str, value: object, expected: str):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        super().__init__(f"field {name} = {shown} ({expected})")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _typed(record, types: dict[str, type | tuple[type, ...]]):
     """Refuse a hand-edited or damaged field early, rather than fail later far from the manifest."""
     for name, expected in types.items():
-        if not isinstance(getattr(record, name), expected):
-            raise TypeError(f"{type(record).__name__}.{name} is {getattr(record, name)!r}")
+        value = getattr(record, name)
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in _as_tuple(expected)):
+            raise TypeError(f"{type(record).__name__}.{name} is {value!r}")
     return record
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
 
 
 def checked_shard(record: ShardRecord) -> ShardRecord:
@@ -210,20 +289,123 @@ def checked_shard(record: ShardRecord) -> ShardRecord:
 
 _SHARD_TYPES = {"path": str, "split": str, "teacher": (str, type(None)), "row_start": int, "row_end": int,
                 "rows": int, "bytes": int, "sha256": str}
+_TEACHER_TYPES = {"name": str, "source": str, "backend": str, "revision": (str, type(None)), "weights_sha256": str,
+                  "tokenizer_sha256": str, "dtype": str, "max_length": int, "model_label_names": list,
+                  "label_mapping": list, "device": str, "attn_implementation": str, "truncated_rows": dict,
+                  "providers": list}
+_DATASET_TYPES = {"source": str, "config_name": (str, type(None)), "text_column": str,
+                  "text_pair_column": (str, type(None)), "label_column": str, "fingerprint": str, "text_policy": str,
+                  "duplicate_policy": str}
+_NAME_PATTERN = re.compile(rf"^{NAME}$")
+_SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+_LOGITS_DTYPES = tuple(choice.value for choice in LogitsDType)
 
 
 def _from_dict(raw: dict) -> Manifest:
     return Manifest(
-        dataset=DatasetRecord(**raw["dataset"]),
+        dataset=_typed(DatasetRecord(**raw["dataset"]), _DATASET_TYPES),
         label_names=list(raw["label_names"]),
         splits={name: _typed(SplitRecord(**value), {"rows": int, "fingerprint": str, "labeled": bool})
                 for name, value in raw["splits"].items()},
-        shard_rows=int(raw["shard_rows"]),
+        shard_rows=raw["shard_rows"],
         logits_dtype=raw["logits_dtype"],
-        teachers={name: TeacherRecord(**value) for name, value in raw["teachers"].items()},
+        teachers={name: _typed(TeacherRecord(**value), _TEACHER_TYPES) for name, value in raw["teachers"].items()},
         shards=[checked_shard(ShardRecord(**value)) for value in raw["shards"]],
-        format_version=FORMAT_VERSION,
+        format_version=raw["format_version"],  # as read (`info` shows it); `save` writes FORMAT_VERSION
         tool_version=raw["tool_version"],
         created_at=raw["created_at"],
         updated_at=raw["updated_at"],
     )
+
+
+# --- validation: values and cross-references, after the types are known to be right ----------------------
+
+def _validate(manifest: Manifest) -> None:
+    _require(_SHA256_PATTERN.match(manifest.dataset.fingerprint), "dataset.fingerprint", manifest.dataset.fingerprint,
+             "64 hex digits")
+    _validate_label_names(manifest.label_names)
+    _require(_is_int(manifest.shard_rows) and 1 <= manifest.shard_rows <= MAX_ROWS, "shard_rows", manifest.shard_rows,
+             f"an integer from 1 to {MAX_ROWS}")
+    _require(manifest.logits_dtype in _LOGITS_DTYPES, "logits_dtype", manifest.logits_dtype,
+             f"one of {', '.join(_LOGITS_DTYPES)}")
+    _require(isinstance(manifest.tool_version, str), "tool_version", manifest.tool_version, "a string")
+    for name in ("created_at", "updated_at"):
+        value = getattr(manifest, name)
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), name, value, "a number")
+    _require(len(manifest.splits) > 0, "splits", manifest.splits, "at least one split")
+    for name, split in manifest.splits.items():
+        _validate_split(name, split)
+    for name, teacher in manifest.teachers.items():
+        _validate_teacher(name, teacher, manifest)
+    _validate_shards(manifest)
+
+
+def _require(condition: object, name: str, value: object, expected: str) -> None:
+    if not condition:
+        raise InvalidField(name, value, expected)
+
+
+def _validate_name(value: object, field_name: str) -> None:
+    _require(isinstance(value, str) and _NAME_PATTERN.match(value), field_name, value,
+             "letters, digits, '_', '.' and '-' only, starting with a letter or digit")
+
+
+def _validate_label_names(names: list) -> None:
+    _require(len(names) >= 1, "label_names", names, "at least one label")
+    for position, name in enumerate(names):
+        _require(isinstance(name, str) and name.strip(), f"label_names[{position}]", name, "a non-empty string")
+    _require(len(set(names)) == len(names), "label_names", names, "no label twice")
+
+
+def _validate_split(name: str, split: SplitRecord) -> None:
+    _validate_name(name, f"splits key {name!r}")
+    _require(1 <= split.rows <= MAX_ROWS, f"splits.{name}.rows", split.rows, f"an integer from 1 to {MAX_ROWS}")
+    _require(_SHA256_PATTERN.match(split.fingerprint), f"splits.{name}.fingerprint", split.fingerprint, "64 hex digits")
+
+
+def _validate_teacher(name: str, teacher: TeacherRecord, manifest: Manifest) -> None:
+    where = f"teachers.{name}"
+    _validate_name(name, f"teachers key {name!r}")
+    _require(teacher.name == name, f"{where}.name", teacher.name, f"the teacher's key, {name!r}")
+    _require(1 <= teacher.max_length <= MAX_ROWS, f"{where}.max_length", teacher.max_length, "a positive integer")
+    for position, label in enumerate(teacher.model_label_names):
+        _require(isinstance(label, str) and label, f"{where}.model_label_names[{position}]", label, "a non-empty string")
+    classes = len(teacher.model_label_names)
+    _require(len(teacher.label_mapping) == len(manifest.label_names), f"{where}.label_mapping", teacher.label_mapping,
+             f"one entry per label name ({len(manifest.label_names)})")
+    for position, index in enumerate(teacher.label_mapping):
+        _require(_is_int(index) and 0 <= index < classes, f"{where}.label_mapping[{position}]", index,
+                 f"an index into the teacher's {classes} labels")
+    for split, rows in teacher.truncated_rows.items():
+        _require(split in manifest.splits, f"{where}.truncated_rows", split, "a split of the cache")
+        _require(_is_int(rows) and 0 <= rows <= manifest.splits[split].rows, f"{where}.truncated_rows.{split}", rows,
+                 "a row count within the split")
+    _require(all(isinstance(p, str) for p in teacher.providers), f"{where}.providers", teacher.providers,
+             "a list of strings")
+
+
+def _validate_shards(manifest: Manifest) -> None:
+    seen: dict[tuple[str, str | None], list[ShardRecord]] = {}
+    for position, shard in enumerate(manifest.shards):
+        where = f"shards[{position}] ({shard.path})"
+        _require(shard.split in manifest.splits, f"{where}.split", shard.split, "a split the manifest lists")
+        _require(shard.teacher is None or shard.teacher in manifest.teachers, f"{where}.teacher", shard.teacher,
+                 "a teacher the manifest lists")
+        rows = manifest.splits[shard.split].rows
+        _require(0 <= shard.row_start < shard.row_end <= rows, f"{where}.row_end", shard.row_end,
+                 f"a range inside split '{shard.split}' of {rows} rows")
+        _require(shard.rows == shard.row_end - shard.row_start, f"{where}.rows", shard.rows, "row_end - row_start")
+        _require(shard.rows <= manifest.shard_rows, f"{where}.rows", shard.rows, f"at most shard_rows ({manifest.shard_rows})")
+        _require(shard.bytes > 0, f"{where}.bytes", shard.bytes, "a positive size")
+        _require(_SHA256_PATTERN.match(shard.sha256), f"{where}.sha256", shard.sha256, "64 hex digits")
+        seen.setdefault((shard.split, shard.teacher), []).append(shard)
+    for (split, teacher), shards in seen.items():
+        _require_disjoint(split, teacher, shards)
+
+
+def _require_disjoint(split: str, teacher: str | None, shards: list[ShardRecord]) -> None:
+    """No row is listed twice, so a complete split's shards hold exactly its rows (their sum is its row count)."""
+    ordered = sorted(shards, key=lambda record: record.row_start)
+    for before, after in zip(ordered, ordered[1:]):
+        _require(after.row_start >= before.row_end, f"shards of {split}/{teacher or 'inputs'}", after.path,
+                 f"rows that no other shard holds (overlaps {before.path})")

@@ -1,7 +1,9 @@
 """Reading a cache: a split's inputs, and teacher logits [S, N, K] / predictions [S, N] as arrays.
 
 Every shard is checked against its manifest checksum the first time this process reads it; later
-reads of the same shard skip the hash. Only shards the manifest lists are ever opened, never a glob.
+reads of the same shard skip the hash. Every read also checks that the shard is the one listed (its
+identity metadata and sample ids, shards.check_identity) and that its logits are finite. Only shards the
+manifest lists are ever opened, never a glob, and never through a symbolic link.
 
     cache = open_cache("cache/")
     inputs = cache.inputs("train")                       # texts, labels (-1 = unlabeled), sample ids
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mtkd_cache.cache.manifest import Manifest, ShardRecord, load_manifest
-from mtkd_cache.cache.shards import logits_array, parse_shard, read_verified_bytes
+from mtkd_cache.cache.shards import check_finite_logits, check_identity, parse_shard, read_shard_bytes, read_verified_bytes
 from mtkd_cache.errors import CacheIntegrityError, ConfigError
 
 _verified: set[tuple[str, str]] = set()  # (absolute path, sha256) already hashed in this process
@@ -70,6 +72,8 @@ class Cache:
         unknown = [n for n in names if n not in self.manifest.teachers]
         if unknown:
             raise ConfigError(f"teacher(s) {', '.join(unknown)} not in the cache; it has {', '.join(self.teacher_names)}.")
+        # Every teacher's shards are known to cover the split before anything is allocated for it.
+        work = [(position, record) for position, name in enumerate(names) for record in self._shards(split, name)]
         rows = self._split_record(split).rows
         logits = np.empty((rows, len(names), len(self.label_names)), dtype=self.manifest.logits_dtype)
         preds = np.empty((rows, len(names)), dtype=np.int64)
@@ -77,10 +81,9 @@ class Cache:
         def fill(position: int, record: ShardRecord) -> None:
             # Each shard lands straight in its slice: no concatenated intermediate table.
             table = self._parse_aligned(record, ["sample_id", "logits", "pred"])
-            logits[record.row_start:record.row_end, position, :] = logits_array(table)
+            logits[record.row_start:record.row_end, position, :] = check_finite_logits(table, record)
             preds[record.row_start:record.row_end, position] = table.column("pred").to_numpy()
 
-        work = [(position, record) for position, name in enumerate(names) for record in self._shards(split, name)]
         # pyarrow decodes and hashlib hashes without the GIL, so shards parse in parallel on every core.
         with ThreadPoolExecutor(max_workers=min(len(work), os.cpu_count() or 1) or 1) as pool:
             for future in [pool.submit(fill, position, record) for position, record in work]:
@@ -105,10 +108,7 @@ class Cache:
 
     def _parse_aligned(self, record: ShardRecord, columns: list[str] | None):
         table = parse_shard(self._verified_bytes(record), columns)
-        ids = table.column("sample_id").to_numpy()
-        if len(ids) != record.rows or ids[0] != record.row_start or ids[-1] != record.row_end - 1:
-            raise CacheIntegrityError(f"shard {record.path} does not hold rows {record.row_start}..{record.row_end - 1}; "
-                                      "rebuild it.")
+        check_identity(table, record, self.manifest)
         return table
 
     def _read_split(self, split: str, teacher: str | None, columns: list[str] | None):
@@ -119,7 +119,7 @@ class Cache:
     def _verified_bytes(self, record: ShardRecord) -> bytes:
         key = (str((self.path / record.path).resolve()), record.sha256)
         if key in _verified:
-            return (self.path / record.path).read_bytes()
+            return read_shard_bytes(self.path, record)
         data = read_verified_bytes(self.path, record)
         _verified.add(key)
         return data

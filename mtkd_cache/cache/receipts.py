@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from mtkd_cache.cache.manifest import Manifest, ShardRecord, TeacherRecord, checked_shard, teacher_fields
-from mtkd_cache.cache.shards import read_verified_bytes, write_bytes_atomically, write_shard
+from mtkd_cache.cache.shards import read_verified_bytes, shard_identity, write_bytes_atomically, write_shard
 from mtkd_cache.errors import CacheIntegrityError
 from mtkd_cache.layout import RECEIPTS_DIR, receipt_path
 
@@ -71,11 +71,13 @@ def _merged(cached: TeacherRecord | None, received: TeacherRecord) -> TeacherRec
 class ReceiptWriter:
     """For ranks > 0: the same interface as ShardCommitter, but each shard is reported by a receipt."""
 
-    def __init__(self, cache_dir: Path):
+    def __init__(self, cache_dir: Path, dataset_fingerprint: str):
         self.cache_dir = cache_dir
+        self.dataset_fingerprint = dataset_fingerprint  # recorded in each shard's identity, as rank 0 does
 
     def submit(self, record: ShardRecord, table: pa.Table, schema: pa.Schema, teacher: TeacherRecord) -> None:
-        record.bytes, record.sha256 = write_shard(self.cache_dir, record.path, table, schema)
+        identity = shard_identity(record, self.dataset_fingerprint, teacher)
+        record.bytes, record.sha256 = write_shard(self.cache_dir, record.path, table, schema, identity)
         write_receipt(self.cache_dir, record, teacher)
 
     def wait(self) -> None:

@@ -11,11 +11,20 @@ of halffloat (numbers in the README). The Arrow schema is stored in the file (py
 it the list comes back variable-sized.
 A shard is serialized in memory, hashed, written to a hidden temporary name, fsynced and renamed, so
 a final path only ever holds a complete file whose sha256 is known before the manifest lists it.
+
+A shard carries its own identity in the Parquet key-value metadata (key `mtkd_cache.shard`, JSON): its
+split, its teacher's name and identity digest (TeacherRecord.identity; null for inputs), its row range and
+the dataset fingerprint. A checksum only proves the bytes are the ones the manifest lists; the identity
+proves they are the rows, teacher and split it lists them as, so a self-consistent but wrong manifest (one
+shard listed as another's, with its sha256 updated) is refused by the reader and by `verify`. Shards of
+format 1 have no identity metadata; for them, and for every shard, the sample ids must be the listed range.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,20 +32,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtkd_cache.atomic import write_atomically
-from mtkd_cache.cache.manifest import ShardRecord
-from mtkd_cache.choices import Choice
+from mtkd_cache.cache.manifest import LogitsDType as LogitsDType  # defined with the manifest that validates it
+from mtkd_cache.cache.manifest import Manifest, ShardRecord, TeacherRecord
 from mtkd_cache.errors import CacheFormatError, CacheIntegrityError
 from mtkd_cache.hashing import sha256_bytes
 from mtkd_cache.layout import outputs_path as outputs_path  # re-exported for benchmarks/bench_cache_io.py only
 
-
-class LogitsDType(Choice):
-    """The precision logits are stored in; the manifest records the value string."""
-
-    FLOAT16 = "float16"
-    FLOAT32 = "float32"
-
-
+IDENTITY_KEY = b"mtkd_cache.shard"
 
 # BYTE_STREAM_SPLIT must name the leaf path; pyarrow silently ignores the plain column name "logits".
 # Sample ids are consecutive (delta encoding stores them in a few bytes); predictions repeat (dictionary).
@@ -82,11 +84,27 @@ def outputs_table(sample_ids: np.ndarray, logits: np.ndarray, preds: np.ndarray,
     )
 
 
-def write_shard(cache_dir: Path, relative_path: str, table: pa.Table, expected: pa.Schema) -> tuple[int, str]:
-    """Write `table` atomically at `relative_path`; return (bytes, sha256). Refuses a schema drift."""
+def shard_identity(record: ShardRecord, dataset_fingerprint: str, teacher: TeacherRecord | None) -> dict:
+    """What a shard says it is (stored in its metadata; compared with the manifest on every read)."""
+    return {"split": record.split, "teacher": teacher.name if teacher else None,
+            "teacher_identity": teacher.identity() if teacher else None,
+            "row_start": record.row_start, "row_end": record.row_end, "dataset_fingerprint": dataset_fingerprint}
+
+
+def expected_identity(manifest: Manifest, record: ShardRecord) -> dict:
+    teacher = manifest.teachers[record.teacher] if record.teacher is not None else None
+    return shard_identity(record, manifest.dataset.fingerprint, teacher)
+
+
+def write_shard(cache_dir: Path, relative_path: str, table: pa.Table, expected: pa.Schema,
+                identity: dict | None = None) -> tuple[int, str]:
+    """Write `table` atomically at `relative_path` with `identity` in its metadata; return (bytes, sha256).
+    Refuses a schema drift."""
     if not table.schema.equals(expected):
         # RELIABILITY.md fault 15: mixed logit dtypes or renamed columns never reach a committed shard.
         raise CacheFormatError(f"shard {relative_path} has schema {table.schema}, expected {expected}.")
+    if identity is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), IDENTITY_KEY: json.dumps(identity)})
     buffer = io.BytesIO()
     encoding = _OUTPUTS_ENCODING if "logits" in table.column_names else _INPUTS_ENCODING
     pq.write_table(table, buffer, column_encoding=encoding, **_WRITE_OPTIONS)
@@ -101,17 +119,8 @@ def write_bytes_atomically(cache_dir: Path, relative_path: str, data: bytes) -> 
 
 
 def read_verified_bytes(cache_dir: Path, record: ShardRecord) -> bytes:
-    """The shard's bytes after checking existence, size (before parsing) and sha256."""
-    path = cache_dir / record.path
-    if not path.is_file():
-        raise CacheIntegrityError(f"shard {record.path} listed in the manifest is missing; re-run `mtkd-cache build` to recompute it.")
-    size = path.stat().st_size
-    if size != record.bytes:
-        raise CacheIntegrityError(
-            f"shard {record.path} is {size} bytes, the manifest says {record.bytes} (truncated or replaced); "
-            "re-run `mtkd-cache build` to recompute it."
-        )
-    data = path.read_bytes()
+    """The shard's bytes after checking existence, size (before reading) and sha256."""
+    data = read_shard_bytes(cache_dir, record)
     actual = sha256_bytes(data)
     if actual != record.sha256:
         raise CacheIntegrityError(
@@ -119,6 +128,74 @@ def read_verified_bytes(cache_dir: Path, record: ShardRecord) -> bytes:
             "delete it and re-run `mtkd-cache build`, or pull a good copy."
         )
     return data
+
+
+def read_shard_bytes(cache_dir: Path, record: ShardRecord) -> bytes:
+    """The bytes of a listed shard, refusing a symbolic link (O_NOFOLLOW): a cache holds its own files, and a
+    link could make a reader (or a build that reuses the shard) act on a file outside the cache. The size is
+    checked from the open file before its bytes are read, so a truncated or swapped shard is never parsed."""
+    path = cache_dir / record.path
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CacheIntegrityError(
+            f"shard {record.path} listed in the manifest is missing; re-run `mtkd-cache build` to recompute it."
+        ) from None
+    except OSError as error:
+        if path.is_symlink():
+            raise CacheIntegrityError(f"shard {record.path} is a symbolic link; a cache holds only plain files: "
+                                      "delete the link and re-run `mtkd-cache build`, or pull a good copy.") from None
+        raise CacheIntegrityError(f"shard {record.path} cannot be read ({error.strerror or error}); "
+                                  "re-run `mtkd-cache build` to recompute it.") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size != record.bytes:
+            raise CacheIntegrityError(
+                f"shard {record.path} is {size} bytes, the manifest says {record.bytes} (truncated or replaced); "
+                "re-run `mtkd-cache build` to recompute it."
+            )
+        return handle.read()
+
+
+def check_identity(table: pa.Table, record: ShardRecord, manifest: Manifest) -> None:
+    """Refuse a shard that is not what the manifest lists it as: its metadata (where it has any: format 1
+    shards have none) must match the manifest, and its sample ids must be exactly the listed row range."""
+    stored = (table.schema.metadata or {}).get(IDENTITY_KEY)
+    if stored is not None:
+        try:
+            identity = json.loads(stored)
+        except ValueError:  # not JSON, or not UTF-8: no identity this package wrote
+            identity = {}
+        for key, expected in expected_identity(manifest, record).items():
+            if key == "teacher":  # names are labels (merge --rename changes them); the identity digest decides
+                continue
+            if not isinstance(identity, dict) or identity.get(key) != expected:
+                actual = identity.get(key) if isinstance(identity, dict) else identity
+                raise _wrong_shard(record, f"its metadata says {key} {actual!r}, the manifest lists {expected!r}")
+    ids = table.column("sample_id").to_numpy()
+    if len(ids) != record.rows or not np.array_equal(ids, np.arange(record.row_start, record.row_end)):
+        shown = f"{ids[0]}..{ids[-1]}" if len(ids) else "no rows"
+        raise _wrong_shard(record, f"it holds sample ids {shown}, the manifest lists rows "
+                                   f"{record.row_start}..{record.row_end - 1}")
+
+
+def _wrong_shard(record: ShardRecord, detail: str) -> CacheIntegrityError:
+    return CacheIntegrityError(f"shard {record.path} is not the shard the manifest lists ({detail}); "
+                               "the manifest or the shard was replaced: pull a good copy or rebuild the cache.")
+
+
+def check_finite_logits(table: pa.Table, record: ShardRecord) -> np.ndarray:
+    """The shard's logits [rows, K], refusing NaN or infinite values (an older mtkd-cache committed float16
+    overflow as inf, and distilling from it trains on NaN losses)."""
+    logits = logits_array(table)
+    finite = np.isfinite(logits).all(axis=1)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0]) + record.row_start
+        raise CacheIntegrityError(
+            f"shard {record.path} holds NaN or infinite logits in {int((~finite).sum())} row(s) (first: sample {first}); "
+            "rebuild the cache into a new --out, with --logits-dtype float32 if the teacher's logits overflow float16."
+        )
+    return logits
 
 
 def shard_is_intact(cache_dir: Path, record: ShardRecord) -> bool:

@@ -1,18 +1,28 @@
 """`verify` and `info`: what a cache holds, and whether its bytes are still the ones committed.
 
 `verify` re-hashes every listed shard from its bytes; it never trusts mtime, size alone or file mode
-(RELIABILITY.md fault 9: DVC once skipped read-only files and missed corruption). Files under the
-cache that the manifest does not list are reported as strays and never read.
+(RELIABILITY.md fault 9: DVC once skipped read-only files and missed corruption). A checksum proves only
+that the bytes are the ones the manifest lists, so `verify` also checks that each shard is what the
+manifest lists it as (its identity metadata and sample ids, shards.check_identity), that teacher logits
+are finite, and recomputes every split's fingerprint — and the dataset's — from the cached inputs: a
+manifest whose label names were reordered, or whose inputs were swapped between splits, is caught even
+when its digest was recomputed. Files under the cache that the manifest does not list are reported as
+strays and never read; symbolic links anywhere inside the cache are errors (a cache holds its own files).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtkd_cache.cache.manifest import Manifest, load_manifest
-from mtkd_cache.cache.shards import read_verified_bytes
+import numpy as np
+import pyarrow as pa
+
+from mtkd_cache.cache.manifest import Manifest, ShardRecord, load_manifest
+from mtkd_cache.cache.shards import check_finite_logits, check_identity, parse_shard, read_verified_bytes
+from mtkd_cache.data.datasets import SplitData, TaskData
 from mtkd_cache.errors import CacheFormatError, CacheIntegrityError
 from mtkd_cache.layout import MANIFEST_NAME, SHARD_FOLDERS
 
@@ -23,7 +33,7 @@ class VerifyReport:
     shards_checked: int = 0
     bytes_checked: int = 0
     seconds: float = 0.0
-    problems: list[str] = field(default_factory=list)  # one sentence per bad or missing shard
+    problems: list[str] = field(default_factory=list)  # one sentence per bad or missing shard, link or fingerprint
     incomplete: list[str] = field(default_factory=list)  # (split, teacher) pairs not fully covered
     stray_files: list[str] = field(default_factory=list)
 
@@ -39,22 +49,84 @@ class VerifyReport:
 def verify_cache(cache_dir: Path) -> VerifyReport:
     manifest = load_manifest(cache_dir)
     report = VerifyReport(cache_dir=cache_dir)
+    report.problems += [f"{link} is a symbolic link; a cache holds only plain files and folders: replace it with "
+                        "what it points to or delete it" for link in symlinks_inside(cache_dir)]
     started = time.perf_counter()
+    inputs: dict[str, list[pa.Table]] = {}
     for record in manifest.shards:
         try:
-            read_verified_bytes(cache_dir, record)
+            table = _checked_table(cache_dir, record, manifest)
         except CacheIntegrityError as error:
             report.problems.append(str(error))
         else:
             report.bytes_checked += record.bytes
+            if record.teacher is None:
+                inputs.setdefault(record.split, []).append(table)
         report.shards_checked += 1
-    report.seconds = time.perf_counter() - started
     for split in manifest.splits:
         for teacher in (None, *manifest.teachers):
             if not manifest.complete(split, teacher):
                 report.incomplete.append(f"{split}/{teacher or 'inputs'}")
+    if not report.problems:  # a fingerprint over damaged or missing inputs would only repeat those problems
+        report.problems += fingerprint_problems(manifest, inputs)
+    report.seconds = time.perf_counter() - started
     report.stray_files = stray_files(cache_dir, manifest)
     return report
+
+
+def _checked_table(cache_dir: Path, record: ShardRecord, manifest: Manifest) -> pa.Table:
+    """The shard's table once its bytes, identity and (for teacher outputs) finite logits are checked."""
+    table = parse_shard(read_verified_bytes(cache_dir, record))
+    check_identity(table, record, manifest)
+    if record.teacher is not None:
+        check_finite_logits(table, record)
+    return table
+
+
+def fingerprint_problems(manifest: Manifest, inputs: dict[str, list[pa.Table]]) -> list[str]:
+    """Each split's fingerprint (and, when every split is complete, the dataset's) recomputed from the cached
+    inputs the way data/datasets.py computes it at build time, compared with the manifest's."""
+    problems, splits = [], {}
+    for name, record in manifest.splits.items():
+        if not manifest.complete(name, None):
+            continue  # reported as incomplete
+        split = _split_data(name, sorted(inputs[name], key=lambda t: t.column("sample_id")[0].as_py()), manifest)
+        if isinstance(split, str):
+            problems.append(split)
+            continue
+        splits[name] = split
+        if split.fingerprint != record.fingerprint:
+            problems.append(f"split '{name}': its cached inputs fingerprint to {split.fingerprint}, the manifest says "
+                            f"{record.fingerprint} (inputs swapped, or label names reordered?); pull a good copy or rebuild")
+    if not problems and len(splits) == len(manifest.splits):
+        fingerprint = TaskData(tuple(manifest.label_names), splits).fingerprint
+        if fingerprint != manifest.dataset.fingerprint:
+            problems.append(f"the dataset fingerprint recomputed from the cached inputs is {fingerprint}, the manifest "
+                            f"says {manifest.dataset.fingerprint}; pull a good copy or rebuild")
+    return problems
+
+
+def _split_data(name: str, tables: list[pa.Table], manifest: Manifest) -> SplitData | str:
+    """The split as the data stage holds it, or a sentence saying why its labels cannot be read."""
+    table = pa.concat_tables(tables)
+    labels = np.array([-1 if value is None else value for value in table.column("label").to_pylist()], dtype=np.int64)
+    outside = np.flatnonzero((labels < -1) | (labels >= len(manifest.label_names)))
+    if len(outside):
+        return (f"split '{name}': cached label {labels[outside[0]]} (sample {outside[0]}) is not an index into the "
+                f"manifest's {len(manifest.label_names)} label names; pull a good copy or rebuild")
+    pairs = table.column("text_pair").to_pylist() if "text_pair" in table.column_names else None
+    return SplitData(name, table.column("text").to_pylist(), pairs, labels, tuple(manifest.label_names))
+
+
+def symlinks_inside(cache_dir: Path) -> list[str]:
+    """Every symbolic link under the cache (files or folders; links are not followed), relative paths."""
+    found = []
+    for folder, directories, files in os.walk(cache_dir, followlinks=False):
+        for name in directories + files:
+            path = Path(folder) / name
+            if path.is_symlink():
+                found.append(path.relative_to(cache_dir).as_posix())
+    return sorted(found)
 
 
 def stray_files(cache_dir: Path, manifest: Manifest) -> list[str]:

@@ -26,9 +26,11 @@ from mtkd_cache.cache.committer import (
     holds_teacher_outputs,
     make_directory,
     refuse_foreign_directory,
+    refuse_symlinks,
 )
 from mtkd_cache.cache.lock import CacheLock
 from mtkd_cache.cache.manifest import (
+    FORMAT_VERSION,
     DatasetRecord,
     Manifest,
     ShardRecord,
@@ -131,8 +133,14 @@ def build_cache(config: BuildConfig, events: ProgressEvents | None = None) -> Bu
                 if lock.took_over_from:
                     events.note(f"took over a stale lock left by pid {lock.took_over_from.get('pid')}")
                 remove_temporaries(out)
+                refuse_symlinks(out)
                 manifest = _open_or_start(out, config, task)
                 _check_identities(manifest, records)
+                if manifest.format_version < FORMAT_VERSION:
+                    # Upgraded in place: the manifest is rewritten in the current format; the older shards are
+                    # kept as they are (identified by their sample ids), new shards carry their identity.
+                    events.note(f"upgraded the cache from format {manifest.format_version} to {FORMAT_VERSION}")
+                    manifest.save(out)
                 adopted = adopt_receipts(out, manifest, records)
                 if adopted:
                     events.note(f"kept {adopted} shard(s) that ranks of an interrupted build had finished")
@@ -169,7 +177,7 @@ def _build_as_other_rank(config: BuildConfig, task: TaskData, teachers: list[Res
     if failure is not None:
         raise MtkdError(f"rank 0 stopped the build: {failure}")
     manifest = load_manifest(config.out)
-    with ReceiptWriter(config.out) as committer:
+    with ReceiptWriter(config.out, manifest.dataset.fingerprint) as committer:
         _write_outputs(config.out, task, manifest, committer, teachers, records, config, device, dtype,
                        SilentEvents(), report, context)
     _gather_counts(report, context)
@@ -338,7 +346,10 @@ def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: Sha
                     logits = run_rows(runner, tokens, start, end, batch_tokens, events)
                     _check_finite(logits, name, split_name, start)
                     mapped = logits[:, list(teacher.label_mapping)]
-                    table = outputs_table(np.arange(start, end), mapped, mapped.argmax(axis=1), manifest.logits_dtype)
+                    with np.errstate(over="ignore"):  # an overflow to inf is refused just below, by name
+                        stored = mapped.astype(manifest.logits_dtype)  # what the shard will hold
+                    _check_stored_finite(stored, name, split_name, start, manifest.logits_dtype)
+                    table = outputs_table(np.arange(start, end), stored, mapped.argmax(axis=1), manifest.logits_dtype)
                     shard = ShardRecord(outputs_path(name, split_name, start, end), split_name, name, start, end,
                                         end - start, 0, "")
                     committer.submit(shard, table, schema, dataclasses.replace(record, truncated_rows=dict(record.truncated_rows)))
@@ -379,10 +390,29 @@ def _load_tokenizer(teacher: ResolvedTeacher):
 
 
 def _check_finite(logits: np.ndarray, teacher: str, split: str, row_start: int) -> None:
-    bad = np.flatnonzero(~np.isfinite(logits).all(axis=1)) + row_start
+    """The teacher's own output: NaN or inf here comes from the model (or its compute dtype)."""
+    bad = _non_finite_rows(logits, row_start)
     if len(bad):
-        shown = ", ".join(map(str, bad[:_MAX_IDS_NAMED].tolist())) + (" …" if len(bad) > _MAX_IDS_NAMED else "")
         raise TeacherError(
             f"teacher '{teacher}' gave NaN or infinite logits on split '{split}' for {len(bad)} sample(s) "
-            f"(sample ids {shown}); check the checkpoint, or try --dtype float32 if half precision overflowed."
+            f"(sample ids {_shown(bad)}); check the checkpoint, or try --dtype float32 if half precision overflowed."
         )
+
+
+def _check_stored_finite(stored: np.ndarray, teacher: str, split: str, row_start: int, logits_dtype: str) -> None:
+    """What the shard holds, after the cast to the cache's logit dtype: finite logits beyond float16's range
+    (65,504) become inf there, and a student distilled from them trains on NaN losses."""
+    bad = _non_finite_rows(stored, row_start)
+    if len(bad):
+        raise TeacherError(
+            f"teacher '{teacher}' gave logits too large for {logits_dtype} on split '{split}' for {len(bad)} sample(s) "
+            f"(sample ids {_shown(bad)}); build with --logits-dtype float32 into a new --out."
+        )
+
+
+def _non_finite_rows(logits: np.ndarray, row_start: int) -> np.ndarray:
+    return np.flatnonzero(~np.isfinite(logits).all(axis=1)) + row_start
+
+
+def _shown(sample_ids: np.ndarray) -> str:
+    return ", ".join(map(str, sample_ids[:_MAX_IDS_NAMED].tolist())) + (" …" if len(sample_ids) > _MAX_IDS_NAMED else "")

@@ -12,7 +12,7 @@ from mtkd_cache.layout import RECEIPTS_DIR, receipt_path
 
 def _received(out, starts=(0, 4), teacher=None):
     teacher = teacher or teacher_record()
-    with ReceiptWriter(out) as writer:
+    with ReceiptWriter(out, empty_manifest().dataset.fingerprint) as writer:
         for start in starts:
             record, table, schema = shard_tables(6, teacher.name, start, min(start + 4, 6))
             writer.submit(record, table, schema, teacher)
