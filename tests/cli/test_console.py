@@ -11,7 +11,7 @@ import json
 
 from typer.testing import CliRunner
 
-from mtkd_cache import BuildConfig, DatasetSpec, TeacherSpec, build_cache
+from mtkd_cache import FORMAT_VERSION, BuildConfig, DatasetSpec, TeacherSpec, build_cache
 from mtkd_cache_cli.app import app
 
 runner = CliRunner()
@@ -32,7 +32,7 @@ def test_info_and_verify_lines_stay_whole_in_a_narrow_console(assets, tmp_path, 
     shown = runner.invoke(app, ["info", str(cache)])
     assert shown.exit_code == 0, shown.output
     first = shown.stdout.splitlines()[0]
-    assert first.startswith(str(cache)) and "format 1" in first  # the path and the facts after it: one line
+    assert first.startswith(str(cache)) and f"format {FORMAT_VERSION}" in first  # the path, then the facts: one line
     summary = next(line for line in shown.stdout.splitlines() if " shards, " in line)
     assert summary.startswith(f"{facts['shards']} shards, ")
 
