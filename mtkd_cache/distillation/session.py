@@ -1,7 +1,7 @@
 """A cache read once per process, and what distillation runs derive from it, each computed once.
 
 `distill` prepares one for a single run; `sweep` shares one across every run of its grid, so:
-- every shard is read and verified once, the teacher logits of a split once for all teachers;
+- every shard is read and verified once, the logits of a split once per teacher (only the teachers asked for);
 - a split is tokenized once per (tokenizer, max length), and the token ids are kept on disk under
   CACHE/student-inputs/ keyed by the tokenizer's identity, so the next process skips tokenization too;
 - the targets of a deterministic strategy are computed once per (strategy, teacher subset, split);

@@ -90,6 +90,8 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", Metric.parse(self.metric))
+        if self.max_minutes is not None:  # NaN would never stop the sweep: `elapsed > nan` is always False
+            require_in_range("--max-minutes", self.max_minutes, 0, low_open=True)
 
 
 @dataclass(frozen=True)

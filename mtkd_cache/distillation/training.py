@@ -225,7 +225,8 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
             # Checked before the optimizer step, so the weights (and every checkpoint) stay finite. With a grad
             # scaler an overflowing gradient is expected now and then: the scaler skips that step itself.
             if not torch.isfinite(loss) or (not scaler.is_enabled() and not torch.isfinite(grad_norm)):
-                raise diverged(f"the loss became {loss.item()}", epoch, step, run_dir)
+                what = "the gradients became non-finite" if torch.isfinite(loss) else f"the loss became {loss.item()}"
+                raise diverged(what, epoch, step, run_dir)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -258,7 +259,7 @@ def diverged(what: str, epoch: int, step: int, run_dir: Path) -> ConfigError:
     applied or saved, so the run directory keeps the last finite checkpoint; a re-run with other options has
     another fingerprint and is refused there instead of resuming it."""
     kept = (f"{run_dir} keeps the checkpoint of epoch {epoch}; a run with changed options needs a new --out"
-            if (run_dir / CHECKPOINT).exists() else "no checkpoint was written")
+            if (run_dir / CHECKPOINT).exists() else "no checkpoint was written yet")
     return ConfigError(f"training diverged: {what} at epoch {epoch + 1}, step {step} (lower --lr, "
                        f"raise --temperature or check the cache with `mtkd-cache verify`); {kept}.")
 

@@ -25,7 +25,7 @@ from mtkd_cache.distillation.run import check_output_file, check_run_directory
 from mtkd_cache.distillation.runs import distill
 from mtkd_cache.distillation.session import PreparedCache
 from mtkd_cache.distillation.strategies import StrategyConfig
-from mtkd_cache.distillation.sweep import SweepGrid
+from mtkd_cache.distillation.sweep import SweepConfig, SweepGrid
 from mtkd_cache.distillation.training import TrainConfig
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.layout import CHECKPOINT, RUN_CONFIG, STUDENT_DIR, SWEEP_RUN_DONE
@@ -87,6 +87,8 @@ def snapshot(directory: Path) -> dict[Path, bytes]:
     (lambda: SweepGrid(alphas=(math.nan,)), "--alpha"),
     (lambda: SweepGrid(temperatures=(math.inf,)), "--temperature"),
     (lambda: SweepGrid(temperatures=(0.0,)), "--temperature"),
+    (lambda: SweepConfig(base=DistillConfig(cache=Path("c"), student="s", out=Path("o")), max_minutes=math.nan),
+     "--max-minutes"),
 ])
 def test_non_finite_or_out_of_range_options_are_refused_naming_the_flag(make, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -259,6 +261,11 @@ def test_a_read_only_out_is_one_line(env, tmp_path, monkeypatch):
     assert_error_after_progress(runner.invoke(app, distill_args(env, tmp_path / "run")), "Permission denied")
     assert_error_after_progress(runner.invoke(app, sweep_args(env, tmp_path / "sweep")), "Permission denied")
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+    _refuse_writes_of(monkeypatch, "w.parquet", errno.EACCES)
+    result = runner.invoke(app, ["select", str(env["cache"]), "--strategy", "average", "--expert-split", "validation",
+                                 "--out", str(tmp_path / "w.parquet")])
+    assert_user_error(result, "Permission denied")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.fault
