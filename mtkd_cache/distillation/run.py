@@ -45,7 +45,7 @@ def check_run_directory(directory: Path, option: str = "--out", ours: tuple[str,
     """Refuse `directory` as a run's directory unless it is new, empty, or already this tool's: it holds a
     RUN/config.json that records a fingerprint, or a checkpoint, or one of the names in `ours` (a sweep's
     files). Called before anything is written, so pointing --out at a teacher's or any other directory never
-    overwrites its config.json. Killed writers' temporaries (`.tmp-*`) count as nothing."""
+    overwrites its config.json. Killed writers' temporaries (TEMP_PREFIX) count as nothing."""
     if not directory.exists():
         return
     if not directory.is_dir():

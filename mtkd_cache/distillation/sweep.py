@@ -91,7 +91,7 @@ class SweepConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", Metric.parse(self.metric))
         if self.max_minutes is not None:  # NaN would never stop the sweep: `elapsed > nan` is always False
-            require_in_range("--max-minutes", self.max_minutes, 0, low_open=True)
+            require_in_range("--max-minutes", self.max_minutes, 0)  # 0: start no run, write the leaderboard
 
 
 @dataclass(frozen=True)
