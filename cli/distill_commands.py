@@ -72,7 +72,7 @@ def select_command(
 ) -> None:
     """Write per-sample teacher weights of a strategy, and print who taught how often."""
     selection = select_teachers(cache, split, StrategyConfig(strategy, noise_std, gamma), split_list(teachers),
-                                expert_split, seed)
+                                expert_split, seed, out)
     write_selection(out, selection)
     shown = Table("teacher", "followed (rows)", title=f"{selection.strategy} on '{split}'")
     for teacher, count in selection.followed.items():

@@ -319,6 +319,8 @@ def check_output(path: Path, overwrite: bool) -> None:
     """Refuse, before any work, an output `build` could not read next to its directory's other split files."""
     if path.suffix.lower() not in FORMATS:
         raise ConfigError(f"--out {path}: unknown file type '{path.suffix}'; use {', '.join(FORMATS)}.")
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a directory; give a file name, e.g. {path / ('transfer' + path.suffix)}.")
     if path.exists() and not overwrite:
         raise ConfigError(f"--out {path} exists; pass --overwrite to replace it, or choose another name.")
     others = sorted({p.suffix.lower() for p in path.parent.glob("*")

@@ -14,6 +14,7 @@ separate rows, each with its own sample id, so the cache stays row-aligned with 
 from __future__ import annotations
 
 import codecs
+import csv
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -152,6 +153,8 @@ def _load_dataset_dict(spec: DatasetSpec):
         extra = {"keep_default_na": False} if builder == "csv" else {}
         if builder == "csv" and all(f.endswith(".tsv") for f in data_files.values()):
             extra["sep"] = "\t"
+        for file in data_files.values():
+            _check_unique_columns(Path(file), builder, extra.get("sep", ","))
         # One load per split file, so splits may have different columns (loaded together, datasets casts
         # every file to the first one's): a transfer split from `mtkd-cache augment` has no label column
         # and carries source_split, source_row and augmentation.
@@ -201,6 +204,28 @@ def _check_utf8(path: Path) -> None:
             raise DataError(f"cannot read {path}: it ends inside a UTF-8 character; re-encode it as UTF-8.") from None
 
 
+def _check_unique_columns(path: Path, builder: str, separator: str) -> None:
+    """Refuse a file that names a column twice: the CSV reader renames the second one (`text` -> `text.1`)
+    and the parquet reader fails on an ambiguous name, so which column became the texts would be a guess."""
+    if builder == "csv":
+        with open(path, encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle, delimiter=separator), [])
+    elif builder == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            header = pq.read_schema(path).names
+        except Exception:  # not a parquet file: the load below reports it with its cause
+            return
+    else:
+        return  # a JSON object cannot hold a key twice once parsed; the last one wins, as in every JSON reader
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise DataError(f"cannot read {path}: it names column '{name}' twice; rename one of them.")
+        seen.add(name)
+
+
 def _builder_for(path: Path) -> str:
     try:
         return _FILE_BUILDERS[path.suffix.lower()]
@@ -226,6 +251,9 @@ def _describe_load_failure(source: str, error: BaseException) -> str:
 
 def _columns_of(dataset, split: str, spec: DatasetSpec) -> tuple[list[str], list[str] | None, list | None]:
     available = list(dataset.column_names)
+    repeated = sorted({name for name in available if available.count(name) > 1})
+    if repeated:
+        raise DataError(f"split '{split}' of {spec.source} has column '{repeated[0]}' twice; rename one of them.")
     if dataset.num_rows == 0:
         raise DataError(f"split '{split}' of {spec.source} is empty; drop it from --splits or add rows.")
     for option, column in (("--text-column", spec.text_column), ("--text-pair-column", spec.text_pair_column)):

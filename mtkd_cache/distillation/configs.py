@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtkd_cache.data.datasets import DatasetSpec
+from mtkd_cache.distillation.checks import require_finite
 from mtkd_cache.distillation.strategies import Strategy, StrategyConfig
 from mtkd_cache.distillation.training import TrainConfig
 from mtkd_cache.errors import ConfigError
@@ -66,6 +67,8 @@ class DistillConfig:
     stage1: TransferStage | None = None
 
     def __post_init__(self) -> None:
+        require_finite("--alpha", self.alpha)
+        require_finite("--temperature", self.temperature)
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"--alpha must be between 0 and 1, not {self.alpha}.")
         if self.temperature <= 0:

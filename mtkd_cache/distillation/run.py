@@ -9,19 +9,21 @@ and the checkpoint inside it agree, and a run inside a sweep is the same run as 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mtkd_cache.atomic import write_atomically
+from mtkd_cache.atomic import TEMP_PREFIX, write_atomically
 from mtkd_cache.distillation.training import TrainResult
 from mtkd_cache.distributed import DistributedContext
-from mtkd_cache.errors import ConfigError
+from mtkd_cache.errors import ConfigError, MtkdError
 from mtkd_cache.hashing import sha256_bytes
-from mtkd_cache.layout import CHECKPOINT, METRICS_LOG, RUN_CONFIG
+from mtkd_cache.layout import CHECKPOINT, METRICS_LOG, RUN_CONFIG, STAGE1_DIR
 from mtkd_cache.progress import ProgressEvents
 from mtkd_cache.report.run_report import RunReport, write_report
 
@@ -39,6 +41,58 @@ class RunIdentity:
         return sha256_bytes(json.dumps({**portable, **self.inputs}, sort_keys=True, default=str).encode())
 
 
+def check_run_directory(directory: Path, option: str = "--out", ours: tuple[str, ...] = ()) -> None:
+    """Refuse `directory` as a run's directory unless it is new, empty, or already this tool's: it holds a
+    RUN/config.json that records a fingerprint, or a checkpoint, or one of the names in `ours` (a sweep's
+    files). Called before anything is written, so pointing --out at a teacher's or any other directory never
+    overwrites its config.json. Killed writers' temporaries (TEMP_PREFIX) count as nothing."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise ConfigError(f"{option} {directory} is a file; give a new or empty directory (or a run directory).")
+    try:
+        entries = [p for p in directory.iterdir() if not p.name.startswith(TEMP_PREFIX)]
+    except OSError as error:
+        raise ConfigError(f"{option} {directory} cannot be read ({error.strerror or error}); fix its "
+                          "permissions or choose another directory.") from error
+    if not entries or _records_a_run(directory) or any((directory / name).exists() for name in ours):
+        return
+    raise ConfigError(f"{option} {directory} holds files that are not an mtkd-cache run (e.g. {sorted(p.name for p in entries)[0]}); "
+                      "choose a new or empty directory, so nothing in it is overwritten.")
+
+
+def check_output_file(path: Path, option: str = "--out") -> None:
+    """Refuse a file output whose path cannot hold a file: a directory, or a file where a parent directory
+    should be (the write would fail half-way with a raw OSError)."""
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; give a file name, e.g. {path / 'out.parquet'}.")
+    blocker = next((parent for parent in path.parents if parent.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"{option} {path}: {blocker} is a file, not a directory; choose another path.")
+
+
+def _records_a_run(directory: Path) -> bool:
+    if (directory / CHECKPOINT).is_file():
+        return True
+    try:
+        record = json.loads((directory / RUN_CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("fingerprint"), str)
+
+
+def prepare_directory(directory: Path, option: str = "--out") -> bool:
+    """Create `directory` (and its parents); True when this call created it, so a run refused while setting up
+    can remove it again. A file in the way or a read-only parent is a one-line error."""
+    created = not directory.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{option} {directory} cannot be created ({error.strerror or error}); fix the permissions "
+                          "or choose another directory.") from error
+    return created
+
+
 def config_payload(config) -> dict:
     """A config dataclass as JSON values (paths and enums as strings, tuples as lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
@@ -48,10 +102,12 @@ class Run:
     """The run directory of one identity. Under torchrun every rank holds one; only the main rank writes."""
 
     def __init__(self, directory: Path, identity: RunIdentity, context: DistributedContext = DistributedContext()):
+        check_run_directory(directory)
         self.directory = directory
         self.identity = identity
         self.context = context
         self.config = dict(identity.config)  # config.json without the fingerprint, once `start` has run
+        self.created = False  # `start` made the directory: a run refused before its first checkpoint removes it
 
     @property
     def fingerprint(self) -> str:
@@ -74,11 +130,29 @@ class Run:
     def start(self, **derived) -> None:
         """Create the directory and record config.json: the identity's configuration, what was derived while
         setting up (e.g. the student's kind) and the fingerprint."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.created = prepare_directory(self.directory) or self.created
         self.config = {**self.identity.config, **derived}
         if self.context.is_main:
             record = {**self.config, "fingerprint": self.fingerprint}
             write_atomically(self.directory / RUN_CONFIG, json.dumps(record, indent=1), durable=False)
+
+    @contextlib.contextmanager
+    def removed_if_refused(self):
+        """Around everything from `start` on: a user error inside removes a directory this run created and
+        checkpointed nothing in (see `discard_if_fresh`), then propagates."""
+        try:
+            yield
+        except MtkdError:
+            self.discard_if_fresh()
+            raise
+
+    def discard_if_fresh(self) -> None:
+        """Remove the directory again when this run created it and saved no checkpoint: a run refused while
+        setting up (a full disk, a diverged first epoch) leaves no half-written --out behind. A directory with
+        a checkpoint is kept: it is what a re-run resumes."""
+        if self.created and self.context.is_main and not (self.directory / CHECKPOINT).exists() \
+                and not (self.directory / STAGE1_DIR / CHECKPOINT).exists():
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def finish(self, report: RunReport, label_names: tuple[str, ...], result: TrainResult,
                stage1: TrainResult | None = None) -> None:

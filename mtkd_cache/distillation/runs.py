@@ -28,7 +28,7 @@ from mtkd_cache.distillation.experts import ExpertTable, parse_teacher_subset
 from mtkd_cache.distillation.run import Run, RunIdentity, StageEvents, config_payload
 from mtkd_cache.distillation.session import PreparedCache
 from mtkd_cache.distillation.strategies import NEEDS_EXPERTS, STOCHASTIC, TeacherSignal
-from mtkd_cache.distillation.students import build_student, count_parameters, load_saved_student
+from mtkd_cache.distillation.students import build_student, check_max_length, count_parameters, load_saved_student
 from mtkd_cache.distillation.training import Distillation, SplitTensors, TrainResult, predict_logits, train
 from mtkd_cache.distributed import DistributedContext
 from mtkd_cache.errors import ConfigError
@@ -125,26 +125,27 @@ def distill(config: DistillConfig, events: ProgressEvents | None = None, *, prep
     _note_resume(events, run, resume)
     torch.manual_seed(config.train.seed)  # a student built from scratch starts from the seed's weights
     model, tokenizer, kind = build_student(config.student, cache.label_names, config.tokenizer)
-    run.start(student_kind=kind)
-
-    split_tensors = {split: SplitTensors(prepared.tokens(tokenizer, config.train.max_length, split),
-                                         prepared.inputs(split).labels)
-                     for split in dict.fromkeys((config.train_split, selection_split, config.eval_split))}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    save = lambda directory: _save_student(model, tokenizer, directory)  # noqa: E731
-    stage1 = None
-    if config.stage1 is not None:
-        stage1 = _transfer_stage(config, prepared, teachers, model, save, tokenizer, split_tensors[selection_split],
-                                 run, pad_id, events)
-    result = train(model, save, split_tensors[config.train_split], split_tensors[selection_split], config.train,
-                   run.directory, pad_id, Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1,
-                   run.fingerprint, events, context, resume)
-    report = None
-    if context.is_main:
-        report = _distill_report(config, prepared, teachers, table, first_signal, split_tensors, pad_id, run,
-                                 warnings, result, stage1)
-        run.finish(report, cache.label_names, result, stage1)
-    return RunResult(run.directory, context.broadcast(report), result, warnings)
+    check_max_length(model, config.train.max_length)
+    with run.removed_if_refused():  # a fresh --out refused while setting up is not left half-written
+        run.start(student_kind=kind)
+        split_tensors = {split: SplitTensors(prepared.tokens(tokenizer, config.train.max_length, split),
+                                             prepared.inputs(split).labels)
+                         for split in dict.fromkeys((config.train_split, selection_split, config.eval_split))}
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        save = lambda directory: _save_student(model, tokenizer, directory)  # noqa: E731
+        stage1 = None
+        if config.stage1 is not None:
+            stage1 = _transfer_stage(config, prepared, teachers, model, save, tokenizer, split_tensors[selection_split],
+                                     run, pad_id, events)
+        result = train(model, save, split_tensors[config.train_split], split_tensors[selection_split], config.train,
+                       run.directory, pad_id, Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1,
+                       run.fingerprint, events, context, resume)
+        report = None
+        if context.is_main:
+            report = _distill_report(config, prepared, teachers, table, first_signal, split_tensors, pad_id, run,
+                                     warnings, result, stage1)
+            run.finish(report, cache.label_names, result, stage1)
+        return RunResult(run.directory, context.broadcast(report), result, warnings)
 
 
 def _note_resume(events: ProgressEvents, run: Run, resume: dict | None) -> None:
@@ -240,16 +241,18 @@ def finetune(config: FinetuneConfig, events: ProgressEvents | None = None) -> Ru
     _note_resume(events, run, resume)
     torch.manual_seed(config.train.seed)
     model, tokenizer, kind = build_student(config.student, task.label_names, config.tokenizer)
-    run.start(student_kind=kind)
-    tensors = {name: SplitTensors(tokenize_rows(tokenizer, s.texts, s.text_pairs, config.train.max_length), s.labels)
-               for name, s in task.splits.items() if name in (config.train_split, selection_split, config.eval_split)}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    result = train(model, lambda d: _save_student(model, tokenizer, d), tensors[config.train_split],
-                   tensors[selection_split], config.train, run.directory, pad_id, None, macro_f1, run.fingerprint,
-                   events, context, resume)
-    report = None
-    if context.is_main:
-        report = _evaluate(run, tensors[config.eval_split], task.label_names, config.train.device, pad_id, {}, result,
-                           config.eval_split)
-        run.finish(report, task.label_names, result)
-    return RunResult(run.directory, context.broadcast(report), result)
+    check_max_length(model, config.train.max_length)
+    with run.removed_if_refused():
+        run.start(student_kind=kind)
+        tensors = {name: SplitTensors(tokenize_rows(tokenizer, s.texts, s.text_pairs, config.train.max_length), s.labels)
+                   for name, s in task.splits.items() if name in (config.train_split, selection_split, config.eval_split)}
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        result = train(model, lambda d: _save_student(model, tokenizer, d), tensors[config.train_split],
+                       tensors[selection_split], config.train, run.directory, pad_id, None, macro_f1, run.fingerprint,
+                       events, context, resume)
+        report = None
+        if context.is_main:
+            report = _evaluate(run, tensors[config.eval_split], task.label_names, config.train.device, pad_id, {}, result,
+                               config.eval_split)
+            run.finish(report, task.label_names, result)
+        return RunResult(run.directory, context.broadcast(report), result)

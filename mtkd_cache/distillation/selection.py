@@ -11,6 +11,7 @@ import numpy as np
 
 from mtkd_cache.atomic import write_atomically
 from mtkd_cache.distillation.experts import parse_teacher_subset
+from mtkd_cache.distillation.run import check_output_file
 from mtkd_cache.distillation.session import PreparedCache
 from mtkd_cache.distillation.strategies import Strategy, StrategyConfig
 from mtkd_cache.errors import ConfigError
@@ -30,7 +31,11 @@ class Selection:
 
 
 def select_teachers(cache_dir: Path, split: str, strategy: StrategyConfig,
-                    teachers: str | tuple[str, ...] | None = None, expert_split: str = "test", seed: int = 0) -> Selection:
+                    teachers: str | tuple[str, ...] | None = None, expert_split: str = "test", seed: int = 0,
+                    out: Path | None = None) -> Selection:
+    """The strategy's weights on `split`; `out`, where they will be written, is checked before any work."""
+    if out is not None:
+        check_output_file(out)
     prepared = PreparedCache(cache_dir)
     subset = parse_teacher_subset(teachers, prepared.cache.teacher_names)
     for option, name in (("--split", split), ("--expert-split", expert_split)):
@@ -49,6 +54,7 @@ def write_selection(path: Path, selection: Selection) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    check_output_file(path)
     num_teachers = len(selection.teachers)
     table = pa.table({"sample_id": pa.array(selection.sample_ids, pa.int64()),
                       "weights": pa.FixedSizeListArray.from_arrays(pa.array(selection.weights.reshape(-1)), num_teachers)})

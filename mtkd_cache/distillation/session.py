@@ -1,7 +1,7 @@
 """A cache read once per process, and what distillation runs derive from it, each computed once.
 
 `distill` prepares one for a single run; `sweep` shares one across every run of its grid, so:
-- every shard is read and verified once, the teacher logits of a split once for all teachers;
+- every shard is read and verified once, the logits of a split once per teacher (only the teachers asked for);
 - a split is tokenized once per (tokenizer, max length), and the token ids are kept on disk under
   CACHE/student-inputs/ keyed by the tokenizer's identity, so the next process skips tokenization too;
 - the targets of a deterministic strategy are computed once per (strategy, teacher subset, split);
@@ -33,7 +33,7 @@ class PreparedCache:
     def __init__(self, cache: Cache | Path):
         self.cache: Cache = cache if isinstance(cache, Cache) else open_cache(cache)
         self._inputs: dict[str, SplitInputs] = {}
-        self._logits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._logits: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (split, teacher)
         self._tables: dict[tuple, ExpertTable] = {}
         self._tokens: dict[tuple, TokenizedRows] = {}
         self._signals: dict[tuple, TeacherSignal] = {}
@@ -45,13 +45,19 @@ class PreparedCache:
         return self._inputs[split]
 
     def teacher_tensors(self, split: str, teachers: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 logits [S, N, K] and predictions [S, N] of `teachers`, in their order."""
-        if split not in self._logits:
-            outputs = self.cache.teacher_outputs(split)
-            self._logits[split] = (torch.from_numpy(outputs.logits.astype(np.float32)), torch.from_numpy(outputs.preds))
-        logits, preds = self._logits[split]
-        columns = [self.cache.teacher_names.index(t) for t in teachers]
-        return logits[:, columns], preds[:, columns]
+        """float32 logits [S, N, K] and predictions [S, N] of `teachers`, in their order.
+
+        Only the teachers asked for are read (those not read yet, in one call): a teacher that an interrupted
+        build left incomplete blocks only the runs that name it."""
+        missing = [t for t in dict.fromkeys(teachers) if (split, t) not in self._logits]
+        if missing:
+            outputs = self.cache.teacher_outputs(split, missing)
+            logits = torch.from_numpy(outputs.logits.astype(np.float32))
+            preds = torch.from_numpy(outputs.preds)
+            for n, teacher in enumerate(missing):
+                self._logits[(split, teacher)] = (logits[:, n], preds[:, n])
+        columns = [self._logits[(split, t)] for t in teachers]
+        return torch.stack([c[0] for c in columns], dim=1), torch.stack([c[1] for c in columns], dim=1)
 
     def expert_table(self, split: str, teachers: tuple[str, ...]) -> ExpertTable:
         key = (split, teachers)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mtkd_cache.choices import Choice
+from mtkd_cache.distillation.checks import require_in_range
 
 
 class Combine(enum.Enum):
@@ -55,6 +56,8 @@ class StrategyConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", Strategy.parse(self.name))  # a plain string is accepted too
+        require_in_range("--noise-std", self.noise_std, 0)
+        require_in_range("--gamma", self.gamma, 0)
 
 
 @dataclass

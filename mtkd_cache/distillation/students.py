@@ -88,7 +88,21 @@ def _options(spec: str, allowed: dict[str, type]) -> dict:
         except ValueError:
             expected = "an integer" if allowed[key] is int else "a number"
             raise ConfigError(f"--student {spec}: {key} must be {expected}, not '{value}'.") from None
+        # layers=0 would build a model without an encoder that still "trains"; a size of 0 cannot be built.
+        if allowed[key] is int and options[key] < 1:
+            raise ConfigError(f"--student {spec}: {key} must be at least 1, not {options[key]}.")
+        if allowed[key] is float and not 0 <= options[key] < 1:
+            raise ConfigError(f"--student {spec}: {key} must be in [0, 1), not {options[key]}.")
     return options
+
+
+def check_max_length(model, max_length: int) -> None:
+    """Refuse --max-length above the student's position limit: longer rows would index past its position
+    embeddings (an IndexError deep inside the first forward pass). A BiLSTM has no such limit."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise ConfigError(f"--max-length {max_length} exceeds the student's position limit {limit}; "
+                          f"pass --max-length {limit} or less.")
 
 
 def quiet_transformers() -> None:
@@ -129,10 +143,12 @@ def build_student(spec: str, label_names: tuple[str, ...], tokenizer_source: str
             return BiLSTMClassifier(config), tokenizer, "bilstm"
         else:
             options = _options(spec, {"layers": int, "hidden": int, "heads": int, "intermediate": int})
-            hidden = options.get("hidden", 256)
+            hidden, heads = options.get("hidden", 256), options.get("heads", 4)
+            if hidden % heads:
+                raise ConfigError(f"--student {spec}: hidden ({hidden}) must be a multiple of heads ({heads}).")
             config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden,
                                 num_hidden_layers=options.get("layers", 4),
-                                num_attention_heads=options.get("heads", 4),
+                                num_attention_heads=heads,
                                 intermediate_size=options.get("intermediate", 4 * hidden),
                                 pad_token_id=tokenizer.pad_token_id or 0, **labels)
         return AutoModelForSequenceClassification.from_config(config), tokenizer, "hf"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +28,16 @@ from mtkd_cache import distributed
 from mtkd_cache._faults import fault_point
 from mtkd_cache.atomic import write_atomically
 from mtkd_cache.config_files import read_options_file
+from mtkd_cache.distillation.checks import require_in_range
 from mtkd_cache.distillation.configs import DistillConfig
 from mtkd_cache.distillation.experts import parse_teacher_subset
+from mtkd_cache.distillation.run import check_run_directory, prepare_directory
 from mtkd_cache.distillation.runs import RunResult, distill, distill_identity, resolve_splits
 from mtkd_cache.distillation.session import PreparedCache
 from mtkd_cache.distillation.strategies import Strategy, StrategyConfig
 from mtkd_cache.distillation.training import TrainConfig
-from mtkd_cache.errors import ConfigError
-from mtkd_cache.layout import SWEEP_RUN_DONE, SWEEP_RUNS_DIR
+from mtkd_cache.errors import ConfigError, MtkdError
+from mtkd_cache.layout import CHECKPOINT, LEADERBOARD, SWEEP_RUN_DONE, SWEEP_RUNS_DIR
 from mtkd_cache.progress import ProgressEvents, SilentEvents
 from mtkd_cache.report.leaderboard import Metric, RunRow, write_leaderboard
 
@@ -60,6 +63,12 @@ class SweepGrid:
         if unknown:
             raise ConfigError(f"--strategy {', '.join(unknown)}: choose from {', '.join(s.value for s in Strategy)}.")
         object.__setattr__(self, "strategies", tuple(Strategy(s) for s in self.strategies))
+        # Every run's DistillConfig checks these too, but only once the grid is expanded; checking here refuses
+        # a bad value before the sweep creates anything.
+        for alpha in self.alphas:
+            require_in_range("--alpha", alpha, 0, 1)
+        for temperature in self.temperatures:
+            require_in_range("--temperature", temperature, 0, low_open=True)
 
     def check_subset_sizes(self, pool_size: int) -> None:
         bad_sizes = [k for k in self.subset_sizes if not 1 <= k <= pool_size]
@@ -81,6 +90,8 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", Metric.parse(self.metric))
+        if self.max_minutes is not None:  # NaN would never stop the sweep: `elapsed > nan` is always False
+            require_in_range("--max-minutes", self.max_minutes, 0)  # 0: start no run, write the leaderboard
 
 
 @dataclass(frozen=True)
@@ -140,15 +151,35 @@ def run_sweep(config: SweepConfig, events: SweepEvents | None = None) -> SweepRe
     runs = expand_grid(config, prepared.cache.teacher_names)
     resolve_splits(config.base, prepared.cache.split_names)
     context = distributed.current()
-    config.base.out.mkdir(parents=True, exist_ok=True)
+    out = config.base.out
+    check_run_directory(out, ours=(RUNS_DIR, LEADERBOARD))  # a sweep's own directory, or a new or empty one
+    # This rank's runs and their directories, each checked before the sweep writes anything.
+    mine = [(index, runs[index], _run_directory(config, runs[index], prepared))
+            for index in range(context.rank, len(runs), context.world_size)]
+    for _, _, run_dir in mine:
+        check_run_directory(run_dir)
+    created = prepare_directory(out)
+    try:
+        return _run_grid(config, len(runs), mine, prepared, context, events, started)
+    except MtkdError:
+        # Nothing to resume (no run got to a checkpoint): a fresh --out is removed rather than left half-made.
+        if created and context.is_main and not any(out.rglob(CHECKPOINT)):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_directory(config: SweepConfig, run: SweepRun, prepared: PreparedCache) -> Path:
+    identity = distill_identity(run.config, prepared.cache)  # the very identity `distill` checks inside
+    return config.base.out / RUNS_DIR / f"{run.name}-{identity.fingerprint[:10]}"
+
+
+def _run_grid(config: SweepConfig, planned: int, mine: list[tuple[int, SweepRun, Path]], prepared: PreparedCache,
+              context, events: SweepEvents, started: float) -> SweepResult:
+    """Train `mine`: under torchrun each rank trains its own runs (every world_size-th), each on one device,
+    simpler and faster than DDP when a student fits one GPU."""
     done: list[tuple[int, RunRow]] = []
     stopped = False
-    # Under torchrun each rank trains its own runs (every world_size-th), each on one device: simpler and
-    # faster than DDP when a student fits one GPU.
-    for index in range(context.rank, len(runs), context.world_size):
-        run = runs[index]
-        identity = distill_identity(run.config, prepared.cache)  # the very identity `distill` checks inside
-        run_dir = config.base.out / RUNS_DIR / f"{run.name}-{identity.fingerprint[:10]}"
+    for index, run, run_dir in mine:
         finished = _finished_row(run_dir)
         if finished is not None:
             done.append((index, finished))
@@ -157,7 +188,7 @@ def run_sweep(config: SweepConfig, events: SweepEvents | None = None) -> SweepRe
         if config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes:
             stopped = True
             break
-        events.run_started(index, len(runs), run.name)
+        events.run_started(index, planned, run.name)
         run_started = time.perf_counter()
         outcome = distill(dataclasses.replace(run.config, out=run_dir), events, prepared=prepared, data_parallel=False)
         row = _row(run_dir.name, run.config, outcome, time.perf_counter() - run_started)
@@ -169,7 +200,7 @@ def run_sweep(config: SweepConfig, events: SweepEvents | None = None) -> SweepRe
     rows = [row for _, row in sorted((pair for part, _ in gathered for pair in part), key=lambda pair: pair[0])]
     # Under torchrun rank 0 writes the leaderboard of every rank's runs.
     leaderboard = write_leaderboard(config.base.out, rows, config.metric) if context.is_main else None
-    return SweepResult(rows=rows, planned=len(runs), stopped_by_budget=any(flag for _, flag in gathered),
+    return SweepResult(rows=rows, planned=planned, stopped_by_budget=any(flag for _, flag in gathered),
                        seconds=time.perf_counter() - started, leaderboard=leaderboard)
 
 

@@ -22,6 +22,7 @@ import torch
 from mtkd_cache._faults import fault_point
 from mtkd_cache.atomic import recover_directory, remove_temporaries, replace_directory, write_atomically
 from mtkd_cache.data.batching import TokenizedRows, batched_forward, pad_rows
+from mtkd_cache.distillation.checks import require_finite
 from mtkd_cache.distillation.losses import distillation_loss, supervised_loss
 from mtkd_cache.distillation.strategies import TeacherSignal
 from mtkd_cache.distributed import DistributedContext
@@ -51,7 +52,13 @@ class TrainConfig:
                                                             "(counted in --epochs)."})
 
     def __post_init__(self) -> None:
+        for flag, value in (("--lr", self.learning_rate), ("--weight-decay", self.weight_decay),
+                            ("--warmup-ratio", self.warmup_ratio), ("--max-grad-norm", self.max_grad_norm)):
+            require_finite(flag, value)
         checks = [(self.epochs >= 1, "--epochs must be at least 1"), (self.batch_size >= 1, "--batch-size must be positive"),
+                  (self.max_length >= 1, f"--max-length must be at least 1, not {self.max_length}"),
+                  (self.weight_decay >= 0, "--weight-decay must not be negative"),
+                  (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
                   (self.learning_rate > 0, "--lr must be positive"), (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
                   (0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs must be between 0 and --epochs"),
                   (self.patience is None or self.patience >= 1, "--patience must be at least 1")]
@@ -199,7 +206,7 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
         events.task(f"epoch {epoch + 1}/{config.epochs} ({'distill' if distilling else 'finetune'})", len(rows))
         model.train()
         total_loss = 0.0
-        for batch_rows in batches:
+        for step, batch_rows in enumerate(batches, start=1):
             local_rows, share = _rank_share(batch_rows, context)
             inputs = _to_device(pad_rows(train_data.tokens, local_rows, pad_id), device, accepted)
             index = torch.from_numpy(local_rows)
@@ -214,7 +221,12 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss * share).backward()
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            # Checked before the optimizer step, so the weights (and every checkpoint) stay finite. With a grad
+            # scaler an overflowing gradient is expected now and then: the scaler skips that step itself.
+            if not torch.isfinite(loss) or (not scaler.is_enabled() and not torch.isfinite(grad_norm)):
+                what = "the gradients became non-finite" if torch.isfinite(loss) else f"the loss became {loss.item()}"
+                raise diverged(what, epoch, step, run_dir)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -225,6 +237,8 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
         epoch_score = score(preds, selection.labels)
         result.history.append(EpochRecord(epoch, "distill" if distilling else "finetune", total_loss / max(1, len(rows)),
                                           epoch_score, time.perf_counter() - epoch_started))
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise diverged("the weights became non-finite", epoch, len(batches), run_dir)  # finite loss, overflowed weights
         if epoch_score > result.best_score:
             result.best_score, result.best_epoch, epochs_since_best = epoch_score, epoch, 0
             if context.is_main:
@@ -238,6 +252,16 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
         context.barrier()  # a rank killed now resumes with the others from this epoch's checkpoint
         fault_point("epoch_checkpointed")
     return result
+
+
+def diverged(what: str, epoch: int, step: int, run_dir: Path) -> ConfigError:
+    """The error that stops a run whose loss (or weights) became NaN or infinite: nothing of that step was
+    applied or saved, so the run directory keeps the last finite checkpoint; a re-run with other options has
+    another fingerprint and is refused there instead of resuming it."""
+    kept = (f"{run_dir} keeps the checkpoint of epoch {epoch}; a run with changed options needs a new --out"
+            if (run_dir / CHECKPOINT).exists() else "no checkpoint was written yet")
+    return ConfigError(f"training diverged: {what} at epoch {epoch + 1}, step {step} (lower --lr, "
+                       f"raise --temperature or check the cache with `mtkd-cache verify`); {kept}.")
 
 
 def _wrap_for_ranks(model, device: torch.device, context: DistributedContext):

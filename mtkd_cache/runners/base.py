@@ -102,7 +102,7 @@ def make_runner(teacher: ResolvedTeacher, runner: RunnerConfig, device: torch.de
     if runner.backend is Backend.TORCH:
         from mtkd_cache.runners.torch_runner import TorchTeacher
 
-        return TorchTeacher(teacher, device, dtype)
+        return TorchTeacher(teacher, device, dtype, runner.max_length)
     from mtkd_cache.runners.onnx_runner import OnnxOptions, OnnxTeacher
 
     options = OnnxOptions(tensorrt=runner.tensorrt, max_rows=min(batch_tokens, 1024), max_length=runner.max_length)

@@ -29,10 +29,17 @@ def weight_files(directory: Path) -> list[str]:
 
 
 def config_label_names(config: dict, name: str) -> tuple[str, ...]:
+    if not isinstance(config, dict):
+        raise TeacherError(f"teacher '{name}': config.json holds a JSON {type(config).__name__}, not an object; "
+                           "re-save the model with save_pretrained.")
     id2label = config.get("id2label")
     if not id2label:
         count = config.get("num_labels", 2)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise TeacherError(f"teacher '{name}': config.json num_labels must be a positive integer, not {count!r}.")
         return tuple(f"LABEL_{i}" for i in range(count))
+    if not isinstance(id2label, dict):
+        raise TeacherError(f"teacher '{name}': config.json id2label must map class ids to names, not {type(id2label).__name__}.")
     try:
         return tuple(str(id2label[key]) for key in sorted(id2label, key=int))
     except ValueError:

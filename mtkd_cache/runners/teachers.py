@@ -86,7 +86,7 @@ def resolve_teacher(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> 
     config_path = directory / "config.json"
     if not config_path.exists():
         raise TeacherError(f"teacher '{spec.name}': {directory} has no config.json; is it a save_pretrained directory?")
-    config = json.loads(config_path.read_text())
+    config = read_model_config(config_path, spec.name)
     model_labels = config_label_names(config, spec.name)
     weights = weight_files(directory)
     if not weights:
@@ -103,6 +103,18 @@ def resolve_teacher(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> 
         model_label_names=model_labels,
         label_mapping=map_labels(spec.name, model_labels, dataset_label_names, dict(spec.label_map)),
     )
+
+
+def read_model_config(path: Path, name: str) -> dict:
+    """A teacher's config.json as a dict; a file that is not JSON, or JSON that is not an object, is refused."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise TeacherError(f"teacher '{name}': cannot read {path} ({error}); re-save the model with save_pretrained.") from error
+    if not isinstance(config, dict):
+        raise TeacherError(f"teacher '{name}': {path} holds a JSON {type(config).__name__}, not an object; "
+                           "re-save the model with save_pretrained.")
+    return config
 
 
 def _resolve_onnx(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> ResolvedTeacher:

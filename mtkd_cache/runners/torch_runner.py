@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from mtkd_cache.errors import TeacherError
 from mtkd_cache.runners.teachers import ResolvedTeacher
@@ -15,19 +16,24 @@ from mtkd_cache.runners.teachers import ResolvedTeacher
 class TorchTeacher:
     """A sequence-classification model in inference mode on one device (a `TeacherRunner`)."""
 
-    def __init__(self, resolved: ResolvedTeacher, device: torch.device, dtype: torch.dtype):
+    def __init__(self, resolved: ResolvedTeacher, device: torch.device, dtype: torch.dtype, max_length: int | None = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()  # a load report on stderr would precede our one-line error below
         self.name = resolved.spec.name
         self.device = device
         self.dtype = dtype
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(resolved.directory)
             self.model = _load_model(AutoModelForSequenceClassification, resolved.directory, dtype)
-        except (OSError, ValueError, KeyError) as error:
-            raise TeacherError(f"teacher '{self.name}': cannot load {resolved.directory}: {error}") from error
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+            # A truncated or garbage weights file (SafetensorError), a head whose size differs from its config
+            # (RuntimeError: size mismatch), an unreadable tokenizer: the teacher's files are at fault, not us.
+            raise TeacherError(f"teacher '{self.name}': cannot load {resolved.directory} "
+                               f"({_load_problem(error)}); re-save the model with save_pretrained.") from error
+        check_position_limit(self.name, self.model, max_length)
         self.model.to(device).eval()
         self.attn_implementation = getattr(self.model.config, "_attn_implementation", None) or "eager"
         self.providers: list[str] = []  # onnxruntime's; a torch model has none
@@ -43,6 +49,23 @@ class TorchTeacher:
                   for name in self.input_names if name in batch}
         output = self.model(**inputs).logits
         return output.float().cpu().numpy()
+
+
+def _load_problem(error: BaseException) -> str:
+    """What was wrong with the files, in one line (transformers' load errors run over many lines, and its
+    shape-mismatch error points at a load report that is silenced here)."""
+    if "mismatched_sizes" in str(error) or "size mismatch" in str(error):
+        return "the shapes of its weights differ from its config.json, e.g. a classification head of another size"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def check_position_limit(name: str, model, max_length: int | None) -> None:
+    """Refuse --max-length above the model's position embeddings: longer rows would index past them."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if max_length is not None and isinstance(limit, int) and max_length > limit:
+        raise TeacherError(f"--max-length {max_length} is more than the {limit} positions teacher '{name}' has; "
+                           f"pass --max-length {limit} or less.")
 
 
 def _load_model(auto_class, directory: Path, dtype: torch.dtype):

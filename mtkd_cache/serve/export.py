@@ -81,6 +81,7 @@ def export_model(config: ExportConfig) -> ExportReport:
     onnx = import_optional("onnx")
     if config.out.suffix != ".onnx" or config.out.is_dir():
         raise ConfigError(f"--out {config.out} must be a file name ending in .onnx, e.g. {config.out / 'model.onnx'}.")
+    check_export_target(config.out, config.model_dir, onnx)
     model, tokenizer, kind, label_names = load_model_dir(config.model_dir, config.label_names)
     if tokenizer.padding_side == "left" and kind == "bilstm":
         raise ConfigError(f"{config.model_dir}: a BiLSTM student reads right-padded rows; its tokenizer pads left.")
@@ -114,6 +115,24 @@ def export_model(config: ExportConfig) -> ExportReport:
     return ExportReport(out=config.out, kind=kind, label_names=label_names, input_names=input_names,
                         max_abs_diff=max_diff, parity_rows=rows, tolerance=config.tolerance,
                         bytes=config.out.stat().st_size, seconds=time.perf_counter() - started)
+
+
+def check_export_target(out: Path, model_dir: Path, onnx) -> None:
+    """Refuse an --out whose write would destroy something that is not ours: an existing file that is not an
+    export of this tool, or a directory holding another model (its tokenizer files would be replaced by this
+    model's). Re-exporting over an earlier export, or beside the model's own files, is fine."""
+    if out.exists():
+        try:
+            props = {entry.key: entry.value for entry in onnx.load(str(out), load_external_data=False).metadata_props}
+        except Exception:  # not ONNX at all: whatever onnx raises, the answer is the same
+            props = {}
+        if not props.get("exported_by", "").startswith("mtkd-cache"):
+            raise ConfigError(f"--out {out} exists and is not an ONNX export of mtkd-cache; choose another file name.")
+    parent = out.parent
+    holds_model = any((parent / name).exists() for name in ("config.json", BILSTM_CONFIG))
+    if holds_model and parent.resolve() != model_dir.resolve():
+        raise ConfigError(f"--out {out}: {parent} holds another model, whose tokenizer files the export would "
+                          "replace; give the export a directory of its own.")
 
 
 def load_model_dir(directory: Path, label_names: tuple[str, ...] | None = None):

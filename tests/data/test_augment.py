@@ -270,3 +270,10 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, assets, extra, fragments)
 def test_cli_refuses_a_missing_dataset_path(tmp_path):
     result = runner.invoke(app, ["augment", str(tmp_path / "nope"), "--out", str(tmp_path / "t.csv")])
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_an_out_that_is_a_directory_is_refused_even_with_overwrite(tmp_path):
+    (tmp_path / "transfer.csv").mkdir()  # a directory with a split file's name
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="is a directory; give a file name"):
+            check_output(tmp_path / "transfer.csv", overwrite)

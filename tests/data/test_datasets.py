@@ -125,3 +125,23 @@ def test_labels_are_class_indices_in_label_name_order(tmp_path):
     task = load_task_data(DatasetSpec(source=str(write_csv(tmp_path / "train.csv", rows))))
     assert task.label_names == LABELS
     assert task.splits["train"].labels.tolist() == [2, 0, 1, 2]
+
+
+@pytest.mark.parametrize("header", ["text,label,text", "text\tlabel\ttext"])
+def test_a_header_naming_a_column_twice_is_refused_naming_it(tmp_path, header):
+    # The CSV reader would rename the second `text` to `text.1`: which column became the texts is a guess.
+    separator = "\t" if "\t" in header else ","
+    suffix = ".tsv" if separator == "\t" else ".csv"
+    (tmp_path / f"train{suffix}").write_text(header + "\n" + separator.join(["hello", "a", "world"]) + "\n")
+    with pytest.raises(DataError, match="names column 'text' twice"):
+        load_task_data(DatasetSpec(source=str(tmp_path)))
+
+
+def test_a_parquet_file_with_a_repeated_column_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_arrays([pa.array(["x"]), pa.array(["a"]), pa.array(["y"])], names=["text", "label", "text"])
+    pq.write_table(table, tmp_path / "train.parquet")
+    with pytest.raises(DataError, match="names column 'text' twice"):
+        load_task_data(DatasetSpec(source=str(tmp_path)))

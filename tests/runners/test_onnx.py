@@ -347,3 +347,23 @@ def test_both_backends_are_teacher_runners_with_the_same_logits_for_one_padded_b
     assert outputs["torch"].shape == outputs["onnx"].shape == (len(TEXTS), len(LABELS))
     assert outputs["torch"].dtype == outputs["onnx"].dtype == np.float32
     np.testing.assert_allclose(outputs["onnx"], outputs["torch"], atol=TOLERANCE, rtol=0)
+
+
+def test_export_refuses_to_overwrite_what_is_not_its_own(assets, exported, tmp_path):
+    foreign = tmp_path / "notes" / "model.onnx"
+    foreign.parent.mkdir()
+    foreign.write_text("someone's notes")
+    result = runner.invoke(app, ["export", str(assets["bert"]), "--out", str(foreign)])
+    assert_user_error(result, "is not an ONNX export of mtkd-cache", one_sentence=True)
+    assert foreign.read_text() == "someone's notes"
+    # Beside another model, the export's tokenizer files would replace that model's.
+    other = shutil.copytree(assets["distil"], tmp_path / "distil")
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    result = runner.invoke(app, ["export", str(assets["bert"]), "--out", str(other / "model.onnx")])
+    assert_user_error(result, "holds another model", one_sentence=True)
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+    # An earlier export of ours is replaced, and a model may be exported into its own directory.
+    again = shutil.copytree(exported["bert"].parent, tmp_path / "again")
+    assert runner.invoke(app, ["export", str(assets["bert"]), "--out", str(again / "model.onnx")]).exit_code == 0
+    own = shutil.copytree(assets["bert"], tmp_path / "own")
+    assert runner.invoke(app, ["export", str(own), "--out", str(own / "model.onnx")]).exit_code == 0
