@@ -10,6 +10,7 @@ does not pay for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
@@ -55,7 +56,10 @@ def write_atomically(path: Path, data: bytes | str, *, durable: bool = True, fau
         if durable:
             fsync_directory(path.parent)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        # The cleanup can fail for the same reason as the write (a parent that is a file, a read-only
+        # directory); the write's error is the one to report.
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
         raise write_error(path, error) from error
     if fault:
         fault_point(f"{fault}_renamed")

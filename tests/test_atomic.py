@@ -107,3 +107,10 @@ def _library_modules() -> list[Path]:
 
 def test_no_library_module_but_atomic_writes_a_temporary_or_renames_one():
     assert _hand_rolled_writes(_library_modules()) == []
+
+
+def test_a_path_below_a_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(CacheWriteError, match="a-file/x.parquet") as raised:
+        write_atomically(tmp_path / "a-file" / "x.parquet", b"data")
+    assert "\n" not in str(raised.value)
