@@ -5,7 +5,11 @@ a shard moves only when the other side lacks it (same path and sha256, checked b
 are there). Shards land under a temporary name, are verified, then renamed; the manifest is written
 last, so an interrupted transfer leaves the destination's previous manifest — and everything it lists —
 valid, and a re-run moves only what is still missing. A destination that already holds other teachers
-of the same dataset keeps them: push and pull merge manifests, they never drop what is there.
+of the same dataset keeps them: push and pull merge manifests, they never drop what is there — not even
+when two pushes to one remote run at the same time (remote.py: the directory's lock, S3's conditional
+writes; other backends cannot guard it and push says so). A re-run removes the temporaries a killed
+transfer left, never a concurrent one's (only those older than itself). `pull` and `merge` write only into
+a new or empty directory or a cache, and a destination that is full or read-only is one error line.
 
 Credentials come from each backend's usual places (environment, config files, instance roles), read by
 fsspec and its backends (s3fs, gcsfs, huggingface_hub's HfFileSystem); this module never sees or prints them.

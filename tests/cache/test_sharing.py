@@ -804,3 +804,42 @@ def test_unwritable_push_destination_is_a_one_line_error(error, caches, tmp_path
     assert (remote / MANIFEST_NAME).read_bytes() == before
     assert _hidden(remote) == []  # the failed upload's temporary is removed
     assert verify_cache(remote).ok
+
+
+def test_push_to_a_directory_remote_that_refuses_its_lock_file_is_a_one_line_error(caches, tmp_path, monkeypatch):
+    # A read-only remote directory refuses the lock file first; simulated, as root ignores permissions.
+    def refuse(file, *_args, **_kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    monkeypatch.setattr("mtkd_cache.cache.lock.open", refuse, raising=False)
+    _assert_user_error(_cli("push", caches["A"], remote), os.strerror(errno.EACCES), "permissions", alone=False)
+    assert list(remote.iterdir()) == []
+
+
+def test_s3_push_removes_stale_temporaries_of_a_killed_push(caches, s3, monkeypatch, request):
+    import mtkd_cache.cache.remote as remote_module
+
+    url = f"s3://mtkd/{request.node.name}/cache"
+    push(caches["A"], url)
+    stale = f"mtkd/{request.node.name}/cache/outputs/bert/train/.tmp-rows-x.parquet.0badc0de"
+    s3.pipe_file(stale, b"partial")
+    monkeypatch.setattr(remote_module, "OBJECT_STORE_GRACE_SECONDS", 0.0)  # no 5 s wait for the clock-skew margin
+    time.sleep(1.1)  # LastModified is whole seconds
+    push(caches["A"], url)
+    s3.invalidate_cache()
+    assert not s3.exists(stale)
+    assert not [k for k in s3.find(f"mtkd/{request.node.name}/cache") if "/.tmp-" in k]
+
+
+def test_a_backend_without_a_guard_says_so(tmp_path):
+    from helpers.tiny_cache import write_tiny_cache
+
+    write_tiny_cache(tmp_path / "c")
+    events = _Recorder()
+    push(tmp_path / "c", f"memory://{tmp_path.name}/remote", events)
+    assert any("one place at a time" in note for note in events.notes), events.notes
+    quiet = _Recorder()
+    push(tmp_path / "c", str(tmp_path / "remote"), quiet)
+    assert quiet.notes == []
