@@ -8,7 +8,10 @@ Concurrent pushes to one remote (each what the backend can guarantee):
 - S3 (s3://): no lock exists, so the manifest is replaced by a conditional PUT — `If-None-Match: *` when
   there is none yet, `If-Match: <the ETag read>` otherwise. A pusher that lost the race re-reads the
   manifest, merges again and retries, so every pusher's teachers end up listed. Shards need no guard: a
-  shard's path and bytes follow from its content, so two pushers upload the same bytes.
+  shard's path and bytes follow from its content, so two pushers upload the same bytes. The one case left:
+  two pushers of *different* teachers under the same name at once. The later manifest merge refuses it,
+  but its uploads may already have replaced the other's shards; `pull` and `verify` then report those
+  shards as corrupt (sha256), and the first pusher re-pushes. Nothing is read as good that is not.
 - any other backend (gs://, hf://, …): fsspec offers no lock and no conditional write there, so the
   read-merge-write of the manifest is not guarded; push says so on every run (a progress note) and the
   docs ask for one pusher at a time.

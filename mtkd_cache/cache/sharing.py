@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import re
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtkd_cache.atomic import TEMP_PREFIX
 from mtkd_cache.cache.committer import make_directory, refuse_foreign_directory
+from mtkd_cache.cache.destination import is_new_or_empty, refuse_foreign, remove_stale_temporaries, undone_on_failure
 from mtkd_cache.cache.lock import CacheLock
 from mtkd_cache.cache.manifest import Manifest, ShardRecord, load_manifest
 from mtkd_cache.cache.remote import (
@@ -40,17 +37,13 @@ from mtkd_cache.cache.remote import (
     upload,
 )
 from mtkd_cache.cache.shards import read_verified_bytes, shard_is_intact, write_bytes_atomically
-from mtkd_cache.errors import CacheFormatError, CacheIntegrityError, CacheMismatchError, CacheWriteError, ConfigError, LockError
+from mtkd_cache.errors import CacheFormatError, CacheIntegrityError, CacheMismatchError, CacheWriteError, ConfigError
 from mtkd_cache.hashing import sha256_bytes
-from mtkd_cache.layout import MANIFEST_NAME, OUTPUTS_DIR, SHARD_FOLDERS, validate_name
+from mtkd_cache.layout import MANIFEST_NAME, OUTPUTS_DIR, validate_name
 from mtkd_cache.progress import BYTES, ProgressEvents, SilentEvents
 
 __all__ = ["MergeReport", "TransferReport", "check_compatible", "combine", "merge", "parse_renames", "pull", "push",
            "read_remote_manifest"]
-
-# What write_atomically leaves when killed: `.tmp-<name>.<pid>` (atomic.temporary_path).
-_LOCAL_TEMPORARY = re.compile(rf"^{re.escape(TEMP_PREFIX)}.+\.\d+$")
-
 
 @dataclass
 class TransferReport:
@@ -171,16 +164,16 @@ def pull(url: str, cache_dir: Path, teachers: tuple[str, ...] | None = None,
     `cache_dir` must be new, empty or a cache; one this pull made is removed again when it cannot be
     written (disk full, read-only). Progress is one task in bytes: the total of the shards found missing."""
     events = events or SilentEvents()
-    _refuse_foreign(cache_dir, "destination")
+    refuse_foreign(cache_dir, "destination")
     remote = read_remote_manifest(url)
     if remote is None:
         raise CacheFormatError(f"{url} holds no {MANIFEST_NAME}; is it the URL a cache was pushed to?")
     wanted = _only_teachers(remote, teachers)
     fs, root = filesystem(url)
-    fresh = _is_new_or_empty(cache_dir)
+    fresh = is_new_or_empty(cache_dir)
     created = make_directory(cache_dir)
     # A dropped link keeps what arrived (a re-run resumes); a destination that cannot be written keeps nothing.
-    with _undone_on_failure(cache_dir, created, CacheWriteError) if fresh else contextlib.nullcontext():
+    with undone_on_failure(cache_dir, created, CacheWriteError) if fresh else contextlib.nullcontext():
         return _pull_into(fs, root, url, wanted, cache_dir, events)
 
 
@@ -208,54 +201,9 @@ def _pull_into(fs, root: str, url: str, wanted: Manifest, cache_dir: Path, event
             report.bytes_moved += len(data)
             events.advance(len(data))
         merged.save(cache_dir)
-        _remove_stale_temporaries(cache_dir, started)
+        remove_stale_temporaries(cache_dir, started)
     report.seconds = time.perf_counter() - clock
     return report
-
-
-def _remove_stale_temporaries(cache_dir: Path, started: float) -> None:
-    """Delete shard temporaries a killed writer left (`.tmp-<name>.<pid>`) from before `started`; the lock
-    held keeps any other writer out, and the age rule spares whatever is not a leftover."""
-    for folder in SHARD_FOLDERS:
-        for path in (cache_dir / folder).rglob(f"{TEMP_PREFIX}*"):
-            if _LOCAL_TEMPORARY.match(path.name) and path.is_file() and path.stat().st_mtime < started:
-                path.unlink(missing_ok=True)
-
-
-def _refuse_foreign(directory: Path, what: str) -> None:
-    """committer's rule for build's --out, worded for `what` the directory is to this command."""
-    try:
-        refuse_foreign_directory(directory)
-    except ConfigError as error:
-        raise ConfigError(str(error).replace("--out ", f"{what} ", 1)) from None
-
-
-def _is_new_or_empty(directory: Path) -> bool:
-    return not directory.exists() or (directory.is_dir() and not any(directory.iterdir()))
-
-
-@contextlib.contextmanager
-def _undone_on_failure(directory: Path, created: bool, errors: type[BaseException] = BaseException) -> Iterator[None]:
-    """Empty again (or remove, when `created`) a directory that was new or empty, when `errors` end the block;
-    not when its lock is held by someone else: then nothing in it is ours."""
-    try:
-        yield
-    except LockError:
-        raise
-    except errors:
-        _empty_again(directory, created)
-        raise
-
-
-def _empty_again(directory: Path, created: bool) -> None:
-    if created:
-        shutil.rmtree(directory, ignore_errors=True)
-        return
-    for child in directory.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
 
 
 def _moving(merged: Manifest, source: Manifest) -> list[ShardRecord]:
@@ -317,7 +265,7 @@ def merge(cache_dirs: list[Path], out: Path, renames: dict[int, dict[str, str]] 
                                 if mapping.get(n, n) not in report.teachers})
     created = make_directory(out)
     # merge writes only new caches: nothing of a failed one is worth keeping.
-    with _undone_on_failure(out, created), CacheLock(out):
+    with undone_on_failure(out, created), CacheLock(out):
         for record in merged.shards:
             directory, source = sources[record.path]
             write_bytes_atomically(out, record.path, read_verified_bytes(directory, source))

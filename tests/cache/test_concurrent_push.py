@@ -10,6 +10,7 @@ conditional PUT atomically (moto's threaded server checks and stores in two step
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from mtkd_cache import verify_cache
 from mtkd_cache.cache.sharing import pull, read_remote_manifest
 
 TRIALS = 4
+BUCKET = "mtkd-concurrent"
 READ_PAUSE_SECONDS = 1.5  # after each read of the remote manifest: longer than the two processes' start skew
 
 # The CLI's `push`, pausing after every read of manifest.json (local directory or S3) to widen the race.
@@ -119,7 +121,8 @@ def serial_moto_endpoint():
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
-        s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint, skip_instance_cache=True).mkdir("mtkd")
+        with contextlib.suppress(FileExistsError):  # moto's buckets live in this process, shared by its servers
+            s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint, skip_instance_cache=True).mkdir(BUCKET)
         yield endpoint
     finally:
         server.stop()
@@ -154,7 +157,7 @@ def s3_env(serial_moto_endpoint, monkeypatch, tmp_path) -> dict[str, str]:
 def test_concurrent_pushes_to_s3_keep_both_teachers(trial, one_teacher_caches, s3_env, tmp_path):
     import s3fs
 
-    url = f"s3://mtkd/concurrent-trial-{trial}/cache"  # no "[0]" of the test id: s3fs would take it for a glob
+    url = f"s3://{BUCKET}/concurrent-trial-{trial}/cache"  # no "[0]" of the test id: s3fs would take it for a glob
     _push_together(one_teacher_caches, url, s3_env)
     _assert_both_listed_and_pull_clean(url, tmp_path / "pulled")
     keys = s3fs.S3FileSystem().find(url)
