@@ -10,11 +10,13 @@ Concurrent pushes to one remote (each what the backend can guarantee):
   manifest, merges again and retries, so every pusher's teachers end up listed. Shards need no guard: a
   shard's path and bytes follow from its content, so two pushers upload the same bytes. The one case left:
   two pushers of *different* teachers under the same name at once. The later manifest merge refuses it,
-  but its uploads may already have replaced the other's shards; `pull` and `verify` then report those
-  shards as corrupt (sha256), and the first pusher re-pushes. Nothing is read as good that is not.
-- any other backend (gs://, hf://, …): fsspec offers no lock and no conditional write there, so the
-  read-merge-write of the manifest is not guarded; push says so on every run (a progress note) and the
-  docs ask for one pusher at a time.
+  but its uploads may already have replaced the other's shards. Those are never read as good — `pull`
+  re-hashes every shard and refuses them as corrupt, naming each — and the remedy is to delete the named
+  objects and push the first cache again (push trusts a listed shard by its size, so it must be gone).
+  AWS S3 honours both headers (since 2024); an S3-compatible store that ignores them gives no guard.
+- any other backend (gs://, hf://, memory://, …): fsspec offers no lock and no conditional write there,
+  so the read-merge-write of the manifest is not guarded; push says so on every run (a progress note)
+  and its help asks for one pusher at a time.
 """
 
 from __future__ import annotations
