@@ -19,8 +19,8 @@ _LOCAL_TEMPORARY = re.compile(rf"^{re.escape(TEMP_PREFIX)}.+\.\d+$")
 
 
 def remove_stale_temporaries(cache_dir: Path, started: float) -> None:
-    """Delete shard temporaries a killed writer left (`.tmp-<name>.<pid>`) from before `started`; the lock
-    held keeps any other writer out, and the age rule spares whatever is not a leftover."""
+    """Delete the shard temporaries (atomic's names, ending in a pid) a killed writer left before `started`;
+    the lock held keeps any other writer out, and the age rule spares whatever is not a leftover."""
     for folder in SHARD_FOLDERS:
         for path in (cache_dir / folder).rglob(f"{TEMP_PREFIX}*"):
             if _LOCAL_TEMPORARY.match(path.name) and path.is_file() and path.stat().st_mtime < started:
