@@ -35,7 +35,9 @@ def push(
     url: Annotated[str, typer.Argument(help="Destination: a path or fsspec URL (s3://bucket/prefix, hf://datasets/org/repo, gs://…).")],
     config: ConfigFile = None,
 ) -> None:
-    """Send the shards the destination lacks (by sha256), verified on arrival; the manifest goes last."""
+    """Send the shards the destination lacks (by sha256), verified on arrival; the manifest goes last.
+
+    Pushes to one directory or S3 remote at the same time all end up listed; other backends: one at a time."""
     _print(_transfer(lambda events: push_cache(cache, url, events)), "pushed")
 
 

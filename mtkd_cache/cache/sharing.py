@@ -5,7 +5,11 @@ a shard moves only when the other side lacks it (same path and sha256, checked b
 are there). Shards land under a temporary name, are verified, then renamed; the manifest is written
 last, so an interrupted transfer leaves the destination's previous manifest — and everything it lists —
 valid, and a re-run moves only what is still missing. A destination that already holds other teachers
-of the same dataset keeps them: push and pull merge manifests, they never drop what is there.
+of the same dataset keeps them: push and pull merge manifests, they never drop what is there — not even
+when two pushes to one remote run at the same time (remote.py: the directory's lock, S3's conditional
+writes; other backends cannot guard it and push says so). A re-run removes the temporaries a killed
+transfer left, never a concurrent one's (only those older than itself). `pull` and `merge` write only into
+a new or empty directory or a cache, and a destination that is full or read-only is one error line.
 
 Credentials come from each backend's usual places (environment, config files, instance roles), read by
 fsspec and its backends (s3fs, gcsfs, huggingface_hub's HfFileSystem); this module never sees or prints them.
@@ -16,19 +20,30 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtkd_cache.atomic import temporary_name
+from mtkd_cache.cache.committer import make_directory, refuse_foreign_directory
+from mtkd_cache.cache.destination import is_new_or_empty, refuse_foreign, remove_stale_temporaries, undone_on_failure
 from mtkd_cache.cache.lock import CacheLock
-from mtkd_cache.cache.manifest import Manifest, ShardRecord, load_manifest, parse_manifest
+from mtkd_cache.cache.manifest import Manifest, ShardRecord, load_manifest
+from mtkd_cache.cache.remote import (
+    commit_manifest,
+    filesystem,
+    join,
+    pushing_alone,
+    read_remote_manifest,
+    remove_stale_uploads,
+    upload,
+)
 from mtkd_cache.cache.shards import read_verified_bytes, shard_is_intact, write_bytes_atomically
-from mtkd_cache.errors import CacheFormatError, CacheIntegrityError, CacheMismatchError, ConfigError
+from mtkd_cache.errors import CacheFormatError, CacheIntegrityError, CacheMismatchError, CacheWriteError, ConfigError
 from mtkd_cache.hashing import sha256_bytes
 from mtkd_cache.layout import MANIFEST_NAME, OUTPUTS_DIR, validate_name
 from mtkd_cache.progress import BYTES, ProgressEvents, SilentEvents
 
+__all__ = ["MergeReport", "TransferReport", "check_compatible", "combine", "merge", "parse_renames", "pull", "push",
+           "read_remote_manifest"]
 
 @dataclass
 class TransferReport:
@@ -44,31 +59,6 @@ class MergeReport:
     out: Path
     teachers: dict[str, str] = field(default_factory=dict)  # merged teacher name -> source cache
     shards: int = 0
-
-
-def _filesystem(url: str):
-    import fsspec
-
-    try:
-        return fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as error:
-        raise ConfigError(f"cannot open {url}: {error}. Install the backend for its scheme (s3fs for s3://, "
-                          "gcsfs for gs://, huggingface_hub for hf://).") from error
-
-
-def _join(root: str, relative: str) -> str:
-    return f"{root.rstrip('/')}/{relative}"
-
-
-def read_remote_manifest(url: str) -> Manifest | None:
-    """The manifest at `url`, or None when nothing is there yet."""
-    fs, root = _filesystem(url)
-    path = _join(root, MANIFEST_NAME)
-    try:
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        return None
-    return parse_manifest(data, f"{url.rstrip('/')}/{MANIFEST_NAME}")
 
 
 def check_compatible(ours: Manifest, theirs: Manifest, where: str) -> None:
@@ -130,58 +120,66 @@ def _only_teachers(manifest: Manifest, teachers: tuple[str, ...] | None) -> Mani
 
 
 def push(cache_dir: Path, url: str, events: ProgressEvents | None = None) -> TransferReport:
-    """Send the shards `url` lacks, verify each on arrival, then write the merged manifest there.
+    """Send the shards `url` lacks, verify each on arrival, then merge this cache into the manifest there.
 
-    Progress is one task in bytes: the total of the shards found missing."""
+    Concurrent pushes to one remote all end up listed (remote.py says how each backend guarantees it);
+    temporaries of earlier, killed pushes are removed at the end. Progress is one task in bytes: the total
+    of the shards found missing."""
     events = events or SilentEvents()
     local = load_manifest(cache_dir)
-    fs, root = _filesystem(url)
-    remote = read_remote_manifest(url)
-    merged = combine(remote, local, str(cache_dir)) if remote is not None else copy.deepcopy(local)
-    listed = {(r.path, r.sha256) for r in remote.shards} if remote is not None else set()
-    report = TransferReport()
-    started = time.perf_counter()
-    moving = _moving(merged, local)
-    missing = [r for r in moving if not _remote_matches(fs, _join(root, r.path), r, (r.path, r.sha256) in listed)]
-    report.bytes_total = sum(r.bytes for r in moving)
-    report.shards_present = len(moving) - len(missing)
-    events.task(f"push → {url}", sum(r.bytes for r in missing), unit=BYTES)
-    for record in missing:
-        data = read_verified_bytes(cache_dir, record)
-        destination = _join(root, record.path)
-        temporary = _join(root, _temporary_name(record.path))
-        fs.makedirs(temporary.rsplit("/", 1)[0], exist_ok=True)
-        fs.pipe_file(temporary, data)
-        try:
-            if sha256_bytes(fs.cat_file(temporary)) != record.sha256:
-                raise CacheIntegrityError(f"{destination} arrived damaged (sha256 differs after upload); re-run push.")
-            fs.mv(temporary, destination)
-        except BaseException:
-            with contextlib.suppress(Exception):  # best effort: the original error is the one to report
-                fs.rm_file(temporary)
-            raise
-        report.shards_moved += 1
-        report.bytes_moved += len(data)
-        events.advance(len(data))
-    _write_remote_manifest(fs, root, merged)
-    report.seconds = time.perf_counter() - started
+    fs, root = filesystem(url)
+    started = time.time()
+    with pushing_alone(fs, root, url, events):
+        remote = read_remote_manifest(url)
+        merged = combine(remote, local, str(cache_dir)) if remote is not None else copy.deepcopy(local)
+        listed = {(r.path, r.sha256) for r in remote.shards} if remote is not None else set()
+        report = TransferReport()
+        clock = time.perf_counter()
+        moving = _moving(merged, local)
+        missing = [r for r in moving if not _remote_matches(fs, join(root, r.path), r, (r.path, r.sha256) in listed)]
+        report.bytes_total = sum(r.bytes for r in moving)
+        report.shards_present = len(moving) - len(missing)
+        events.task(f"push → {url}", sum(r.bytes for r in missing), unit=BYTES)
+        for record in missing:
+            data = read_verified_bytes(cache_dir, record)
+            upload(fs, root, record, data)
+            report.shards_moved += 1
+            report.bytes_moved += len(data)
+            events.advance(len(data))
+        # Merged again with the manifest as it is now: another push may have committed since it was read.
+        commit_manifest(fs, root, url, lambda current: _with_local(current, local, str(cache_dir)))
+        remove_stale_uploads(fs, root, started)
+    report.seconds = time.perf_counter() - clock
     return report
+
+
+def _with_local(current: Manifest | None, local: Manifest, where: str) -> Manifest:
+    return combine(current, local, where) if current is not None else copy.deepcopy(local)
 
 
 def pull(url: str, cache_dir: Path, teachers: tuple[str, ...] | None = None,
          events: ProgressEvents | None = None) -> TransferReport:
     """Fetch the shards `cache_dir` lacks (inputs and `teachers`, default all), verify each, then commit.
 
-    Progress is one task in bytes: the total of the shards found missing."""
+    `cache_dir` must be new, empty or a cache; one this pull made is removed again when it cannot be
+    written (disk full, read-only). Progress is one task in bytes: the total of the shards found missing."""
     events = events or SilentEvents()
+    refuse_foreign(cache_dir, "destination")
     remote = read_remote_manifest(url)
     if remote is None:
         raise CacheFormatError(f"{url} holds no {MANIFEST_NAME}; is it the URL a cache was pushed to?")
     wanted = _only_teachers(remote, teachers)
-    fs, root = _filesystem(url)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    fs, root = filesystem(url)
+    fresh = is_new_or_empty(cache_dir)
+    created = make_directory(cache_dir)
+    # A dropped link keeps what arrived (a re-run resumes); a destination that cannot be written keeps nothing.
+    with undone_on_failure(cache_dir, created, CacheWriteError) if fresh else contextlib.nullcontext():
+        return _pull_into(fs, root, url, wanted, cache_dir, events)
+
+
+def _pull_into(fs, root: str, url: str, wanted: Manifest, cache_dir: Path, events: ProgressEvents) -> TransferReport:
     report = TransferReport()
-    started = time.perf_counter()
+    started, clock = time.time(), time.perf_counter()
     with CacheLock(cache_dir):
         local = load_manifest(cache_dir) if (cache_dir / MANIFEST_NAME).exists() else None
         merged = combine(local, wanted, url) if local is not None else copy.deepcopy(wanted)
@@ -191,7 +189,7 @@ def pull(url: str, cache_dir: Path, teachers: tuple[str, ...] | None = None,
         report.shards_present = len(moving) - len(missing)
         events.task(f"pull ← {url}", sum(r.bytes for r in missing), unit=BYTES)
         for record in missing:
-            data = fs.cat_file(_join(root, record.path))
+            data = fs.cat_file(join(root, record.path))
             if len(data) != record.bytes or sha256_bytes(data) != record.sha256:
                 raise CacheIntegrityError(
                     f"remote shard {url.rstrip('/')}/{record.path} is corrupt (expected sha256 {record.sha256}, "
@@ -203,7 +201,8 @@ def pull(url: str, cache_dir: Path, teachers: tuple[str, ...] | None = None,
             report.bytes_moved += len(data)
             events.advance(len(data))
         merged.save(cache_dir)
-    report.seconds = time.perf_counter() - started
+        remove_stale_temporaries(cache_dir, started)
+    report.seconds = time.perf_counter() - clock
     return report
 
 
@@ -212,13 +211,6 @@ def _moving(merged: Manifest, source: Manifest) -> list[ShardRecord]:
     rows, the destination's own stays and nothing moves."""
     offered = {(record.path, record.sha256) for record in source.shards}
     return [record for record in merged.shards if (record.path, record.sha256) in offered]
-
-
-def _temporary_name(relative_path: str) -> str:
-    # A remote object, not a local file: write_atomically's os.replace does not exist on an object store, so
-    # push uploads under atomic's temporary name (random: two pushers never share one), verifies, then moves.
-    folder, _, name = relative_path.rpartition("/")
-    return f"{folder}/{temporary_name(name, uuid.uuid4().hex[:8])}"
 
 
 def _remote_matches(fs, path: str, record: ShardRecord, listed: bool) -> bool:
@@ -231,16 +223,6 @@ def _remote_matches(fs, path: str, record: ShardRecord, listed: bool) -> bool:
         return listed or sha256_bytes(fs.cat_file(path)) == record.sha256
     except FileNotFoundError:
         return False
-
-
-def _write_remote_manifest(fs, root: str, manifest: Manifest) -> None:
-    from fsspec.implementations.local import LocalFileSystem
-
-    data = manifest.to_json().encode()
-    if isinstance(fs, LocalFileSystem):
-        manifest.save(Path(root))  # temp file, fsync, atomic rename
-    else:
-        fs.pipe_file(_join(root, MANIFEST_NAME), data)  # one PUT: object stores replace an object atomically
 
 
 def parse_renames(items: list[str], caches: int) -> dict[int, dict[str, str]]:
@@ -259,6 +241,7 @@ def merge(cache_dirs: list[Path], out: Path, renames: dict[int, dict[str, str]] 
     """Join caches of the same dataset into `out`; `renames[i]` renames teachers of the i-th cache (0-based)."""
     if len(cache_dirs) < 2:
         raise ConfigError("merge needs at least two caches.")
+    refuse_foreign_directory(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} is not empty; merge writes a new cache.")
     renames = renames or {}
@@ -280,8 +263,9 @@ def merge(cache_dirs: list[Path], out: Path, renames: dict[int, dict[str, str]] 
             sources.setdefault(target.path, (directory, record))
         report.teachers.update({mapping.get(n, n): str(directory) for n in manifest.teachers
                                 if mapping.get(n, n) not in report.teachers})
-    out.mkdir(parents=True, exist_ok=True)
-    with CacheLock(out):
+    created = make_directory(out)
+    # merge writes only new caches: nothing of a failed one is worth keeping.
+    with undone_on_failure(out, created), CacheLock(out):
         for record in merged.shards:
             directory, source = sources[record.path]
             write_bytes_atomically(out, record.path, read_verified_bytes(directory, source))

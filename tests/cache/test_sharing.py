@@ -9,14 +9,18 @@ S3 goes to one ThreadedMotoServer per module bound to 127.0.0.1; nothing leaves 
 
 from __future__ import annotations
 
+import builtins
 import csv
+import errno
 import json
 import logging
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -671,3 +675,171 @@ def test_push_and_pull_report_progress_as_one_task_in_bytes(tmp_path):
     again = _Recorder()
     push(tmp_path / "c", str(tmp_path / "remote"), again)
     assert again.tasks == [(f"push → {tmp_path / 'remote'}", 0, "bytes")] and again.advanced == 0
+
+
+# ------------------------------------------------- hardening (#14): temporaries, foreign and unwritable destinations
+
+@pytest.mark.fault
+def test_reruns_after_killed_push_and_pull_remove_their_temporaries(caches, tmp_path):
+    a = caches["A"]
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    killed = subprocess.run([sys.executable, "-c", _KILLING_PUSH, "5", str(a), str(remote)],
+                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert len(_hidden(remote)) == 1  # the upload the kill interrupted
+    push(a, str(remote))
+    assert _hidden(remote) == []
+    remote_report = verify_cache(remote)
+    assert remote_report.ok and remote_report.stray_files == []
+
+    # A pull killed between writing a shard's temporary and renaming it (the shard fault point).
+    killed = subprocess.run([sys.executable, "-m", "mtkd_cache", "pull", str(remote), str(local)],
+                            env=subprocess_env("shard_written:4"), capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert len([p for p in _hidden(local) if Path(p).name.startswith(".tmp-")]) == 1
+    pull(str(remote), local)
+    assert _hidden(local) == []
+    report = verify_cache(local)
+    assert report.ok and report.stray_files == [] and report.incomplete == []
+    assert_same_contents(local, a)
+
+
+def _temporary_at(path: Path, age_seconds: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"partial")
+    stamp = time.time() - age_seconds
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_a_transfer_removes_only_temporaries_older_than_itself(caches, tmp_path):
+    """Another transfer's in-flight temporary (newer than this one's start) stays; a killed one's goes."""
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    push(caches["A"], str(remote))
+    pull(str(remote), local)
+    folder = "outputs/bert/train"
+    remote_old = _temporary_at(remote / folder / ".tmp-rows-x.parquet.0badc0de", 3600)
+    remote_new = _temporary_at(remote / folder / ".tmp-rows-y.parquet.1badc0de", -3600)
+    local_old = _temporary_at(local / folder / ".tmp-rows-x.parquet.4242", 3600)
+    local_new = _temporary_at(local / folder / ".tmp-rows-y.parquet.4243", -3600)
+    push(caches["A"], str(remote))
+    pull(str(remote), local)
+    assert not remote_old.exists() and remote_new.exists()
+    assert not local_old.exists() and local_new.exists()
+
+
+def test_pull_refuses_a_directory_that_is_not_a_cache(caches, tmp_path):
+    remote = tmp_path / "remote"
+    push(caches["A"], str(remote))
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"jpeg")
+    _assert_user_error(_cli("pull", remote, foreign), str(foreign), "holds no cache", "holiday.jpg", alone=False)
+    assert [p.name for p in foreign.iterdir()] == ["holiday.jpg"]
+
+
+def test_pull_and_merge_refuse_a_file_as_destination(caches, tmp_path):
+    remote = tmp_path / "remote"
+    push(caches["A"], str(remote))
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    _assert_user_error(_cli("pull", remote, file), str(file), "is a file", alone=False)
+    _assert_user_error(_cli("merge", caches["A"], caches["B"], "--out", file), str(file), "is a file")
+    assert file.read_text() == "mine"
+
+
+def _refusing_open(error: int):
+    """An `open` for mtkd_cache.atomic whose shard writes fail like a full (ENOSPC: after creating the
+    temporary) or read-only/forbidden (EACCES) destination."""
+    def fake_open(file, mode="r", *args, **kwargs):
+        if ".parquet" in Path(file).name and "w" in mode:
+            if error == errno.ENOSPC:
+                builtins.open(file, mode, *args, **kwargs).close()
+            raise OSError(error, os.strerror(error), str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+    return fake_open
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES], ids=["disk-full", "read-only"])
+def test_unwritable_pull_and_merge_destinations_are_one_line_errors(error, caches, tmp_path, monkeypatch):
+    remote = tmp_path / "remote"
+    push(caches["A"], str(remote))
+    existing = copy_cache(caches["B"], tmp_path / "existing")
+    before = (existing / MANIFEST_NAME).read_bytes()
+    monkeypatch.setattr("mtkd_cache.atomic.open", _refusing_open(error), raising=False)
+
+    fresh = tmp_path / "fresh"
+    _assert_user_error(_cli("pull", remote, fresh), os.strerror(error), "re-run", alone=False)
+    assert not fresh.exists()  # nothing half-written: the directory pull made is gone again
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _assert_user_error(_cli("pull", remote, empty), os.strerror(error), alone=False)
+    assert list(empty.iterdir()) == []
+    _assert_user_error(_cli("pull", remote, existing), os.strerror(error), alone=False)
+    assert (existing / MANIFEST_NAME).read_bytes() == before and _hidden(existing) == []
+    out = tmp_path / "merged"
+    _assert_user_error(_cli("merge", caches["A"], caches["B"], "--out", out), os.strerror(error))
+    assert not out.exists()
+    monkeypatch.undo()
+    assert verify_cache(existing).ok
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES], ids=["disk-full", "read-only"])
+def test_unwritable_push_destination_is_a_one_line_error(error, caches, tmp_path, monkeypatch):
+    from fsspec.implementations.local import LocalFileSystem
+
+    remote = tmp_path / "remote"
+    push(caches["B"], str(remote))
+    before = (remote / MANIFEST_NAME).read_bytes()
+    original = LocalFileSystem.pipe_file
+
+    def refusing_pipe_file(self, path, value, *args, **kwargs):
+        if error == errno.ENOSPC:  # part of the upload lands, then the disk is full
+            original(self, path, value[: len(value) // 2], *args, **kwargs)
+        raise OSError(error, os.strerror(error), str(path))
+
+    monkeypatch.setattr(LocalFileSystem, "pipe_file", refusing_pipe_file)
+    _assert_user_error(_cli("push", caches["A"], remote), os.strerror(error), "re-run push", alone=False)
+    monkeypatch.undo()
+    assert (remote / MANIFEST_NAME).read_bytes() == before
+    assert _hidden(remote) == []  # the failed upload's temporary is removed
+    assert verify_cache(remote).ok
+
+
+def test_push_to_a_directory_remote_that_refuses_its_lock_file_is_a_one_line_error(caches, tmp_path, monkeypatch):
+    # A read-only remote directory refuses the lock file first; simulated, as root ignores permissions.
+    def refuse(file, *_args, **_kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    monkeypatch.setattr("mtkd_cache.cache.lock.open", refuse, raising=False)
+    _assert_user_error(_cli("push", caches["A"], remote), os.strerror(errno.EACCES), "permissions", alone=False)
+    assert list(remote.iterdir()) == []
+
+
+def test_s3_push_removes_stale_temporaries_of_a_killed_push(caches, s3, monkeypatch, request):
+    import mtkd_cache.cache.remote as remote_module
+
+    url = f"s3://mtkd/{request.node.name}/cache"
+    push(caches["A"], url)
+    stale = f"mtkd/{request.node.name}/cache/outputs/bert/train/.tmp-rows-x.parquet.0badc0de"
+    s3.pipe_file(stale, b"partial")
+    monkeypatch.setattr(remote_module, "OBJECT_STORE_GRACE_SECONDS", 0.0)  # no 5 s wait for the clock-skew margin
+    time.sleep(1.1)  # LastModified is whole seconds
+    push(caches["A"], url)
+    s3.invalidate_cache()
+    assert not s3.exists(stale)
+    assert not [k for k in s3.find(f"mtkd/{request.node.name}/cache") if "/.tmp-" in k]
+
+
+def test_a_backend_without_a_guard_says_so(tmp_path):
+    from helpers.tiny_cache import write_tiny_cache
+
+    write_tiny_cache(tmp_path / "c")
+    events = _Recorder()
+    push(tmp_path / "c", f"memory://{tmp_path.name}/remote", events)
+    assert any("one place at a time" in note for note in events.notes), events.notes
+    quiet = _Recorder()
+    push(tmp_path / "c", str(tmp_path / "remote"), quiet)
+    assert quiet.notes == []
