@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtkd_cache.cache.committer import make_directory, refuse_foreign_directory
+from mtkd_cache.cache.committer import make_directory, refuse_foreign_directory, refuse_symlinks
 from mtkd_cache.cache.destination import is_new_or_empty, refuse_foreign, remove_stale_temporaries, undone_on_failure
 from mtkd_cache.cache.lock import CacheLock
 from mtkd_cache.cache.manifest import Manifest, ShardRecord, load_manifest
@@ -165,6 +165,8 @@ def pull(url: str, cache_dir: Path, teachers: tuple[str, ...] | None = None,
     written (disk full, read-only). Progress is one task in bytes: the total of the shards found missing."""
     events = events or SilentEvents()
     refuse_foreign(cache_dir, "destination")
+    if cache_dir.is_dir():
+        refuse_symlinks(cache_dir)  # a linked folder inside would let the pull write outside the cache
     remote = read_remote_manifest(url)
     if remote is None:
         raise CacheFormatError(f"{url} holds no {MANIFEST_NAME}; is it the URL a cache was pushed to?")
@@ -242,6 +244,8 @@ def merge(cache_dirs: list[Path], out: Path, renames: dict[int, dict[str, str]] 
     if len(cache_dirs) < 2:
         raise ConfigError("merge needs at least two caches.")
     refuse_foreign_directory(out)
+    if out.is_dir():
+        refuse_symlinks(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} is not empty; merge writes a new cache.")
     renames = renames or {}

@@ -169,7 +169,7 @@ def summarize(source: str | Path) -> CacheSummary:
     the cache pushed to a URL (`s3://…`, `hf://…`, anything with a scheme fsspec reads)."""
     if isinstance(source, Path) or "://" not in source:
         return summarize_manifest(load_manifest(Path(source)), str(source))
-    from mtkd_cache.cache.sharing import read_remote_manifest  # fsspec is imported only for a URL
+    from mtkd_cache.cache.remote import read_remote_manifest  # fsspec is imported only for a URL
 
     manifest = read_remote_manifest(source)
     if manifest is None:

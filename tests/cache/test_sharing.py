@@ -40,7 +40,7 @@ from helpers.faults import (
     shard_records,
     subprocess_env,
 )
-from mtkd_cache import CacheFormatError, CacheIntegrityError, CacheMismatchError, open_cache, verify_cache
+from mtkd_cache import CacheFormatError, CacheIntegrityError, CacheMismatchError, ConfigError, open_cache, verify_cache
 from mtkd_cache.cache.manifest import load_manifest
 from mtkd_cache.cache.sharing import TransferReport, merge, pull, push, read_remote_manifest
 from mtkd_cache.layout import MANIFEST_NAME
@@ -843,3 +843,14 @@ def test_a_backend_without_a_guard_says_so(tmp_path):
     quiet = _Recorder()
     push(tmp_path / "c", str(tmp_path / "remote"), quiet)
     assert quiet.notes == []
+
+
+def test_pull_refuses_a_destination_whose_shard_folder_is_a_link(caches, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    destination = tmp_path / "dest"
+    destination.mkdir()
+    (destination / "outputs").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        pull(str(caches["A"]), destination)
+    assert list(outside.iterdir()) == []
