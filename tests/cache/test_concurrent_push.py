@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers.faults import subprocess_env
-from helpers.tiny_cache import write_tiny_cache
+from helpers.manifests import write_tiny_cache
 from mtkd_cache import verify_cache
 from mtkd_cache.cache.sharing import pull, read_remote_manifest
 

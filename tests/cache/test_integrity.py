@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from helpers.assets import make_teacher, write_dataset
 from helpers.cli import assert_user_error
-from helpers.manifests import forge_manifest, shard_entry, write_fingerprinted_cache
+from helpers.manifests import forge_manifest, shard_entry, write_tiny_cache
 from mtkd_cache import (
     BuildConfig,
     CacheFormatError,
@@ -92,7 +92,7 @@ def test_logits_that_overflow_float16_are_refused_at_build_naming_the_samples(sm
 
 def test_the_reader_and_verify_refuse_non_finite_cached_logits_an_older_version_wrote(tmp_path):
     out = tmp_path / "c"
-    manifest = write_fingerprinted_cache(out)
+    manifest = write_tiny_cache(out)
     bad = shard_entry(json.loads((out / MANIFEST_NAME).read_text()), "train", "t", 4)
     ids = np.arange(4, 6)
     logits = np.array([[np.inf, 0.0], [1.0, 2.0]], dtype=np.float32)  # what 0.1.0 committed for a 70,000 logit
@@ -112,7 +112,7 @@ def test_the_reader_and_verify_refuse_non_finite_cached_logits_an_older_version_
 @pytest.fixture
 def two_teachers(tmp_path):
     out = tmp_path / "c"
-    write_fingerprinted_cache(out, shard_rows=4, splits={"train": 8, "validation": 8}, teachers=("t1", "t2"))
+    write_tiny_cache(out, shard_rows=4, splits={"train": 8, "validation": 8}, teachers=("t1", "t2"))
     assert verify_cache(out).ok
     return out
 
@@ -201,7 +201,7 @@ def _header_flips(text: str):
 @pytest.mark.fault
 def test_every_single_character_flip_in_the_manifest_header_is_refused(tmp_path):
     out = tmp_path / "c"
-    write_fingerprinted_cache(out)
+    write_tiny_cache(out)
     path = out / MANIFEST_NAME
     text = path.read_text()
     from mtkd_cache.cache.manifest import parse_manifest
@@ -220,7 +220,7 @@ def test_every_single_character_flip_in_the_manifest_header_is_refused(tmp_path)
 @pytest.mark.parametrize("command", ["info", "verify"])
 def test_a_flipped_digit_in_a_fingerprint_is_one_line_exit_2(command, tmp_path):
     out = tmp_path / "c"
-    manifest = write_fingerprinted_cache(out)
+    manifest = write_tiny_cache(out)
     path = out / MANIFEST_NAME
     fingerprint = manifest.dataset.fingerprint
     flipped = ("0" if fingerprint[0] != "0" else "1") + fingerprint[1:]
@@ -231,7 +231,7 @@ def test_a_flipped_digit_in_a_fingerprint_is_one_line_exit_2(command, tmp_path):
 
 
 def test_a_manifest_whose_digest_was_removed_is_refused(tmp_path):
-    write_fingerprinted_cache(tmp_path / "c")
+    write_tiny_cache(tmp_path / "c")
     path = tmp_path / "c" / MANIFEST_NAME
     raw = json.loads(path.read_text())
     del raw["digest"]
@@ -247,7 +247,7 @@ def test_a_lock_that_is_a_symlink_is_never_followed(small_data, assets, tmp_path
     victim = tmp_path / "outside.txt"
     victim.write_text("precious")
     out = tmp_path / "c"
-    write_fingerprinted_cache(out)
+    write_tiny_cache(out)
     (out / LOCK_NAME).unlink(missing_ok=True)
     (out / LOCK_NAME).symlink_to(victim)
 
@@ -275,7 +275,7 @@ def test_a_planted_temporary_symlink_is_replaced_not_followed(tmp_path):
 @pytest.mark.fault
 def test_a_symlinked_shard_or_folder_is_refused_by_readers_build_and_verify(small_data, assets, tmp_path):
     out = tmp_path / "c"
-    manifest = write_fingerprinted_cache(out)
+    manifest = write_tiny_cache(out)
     shard = next(s for s in manifest.shards if s.teacher == "t")
     outside = tmp_path / "elsewhere.parquet"
     shutil.move(out / shard.path, outside)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from helpers.assets import make_teacher
 from helpers.cli import assert_user_error
-from helpers.manifests import forge_manifest, write_fingerprinted_cache
+from helpers.manifests import forge_manifest, write_tiny_cache
 from mtkd_cache import (
     BuildConfig,
     CacheFormatError,
@@ -74,7 +74,7 @@ HOSTILE = {
 def test_a_hostile_manifest_is_refused_naming_the_field(attack, tmp_path):
     edit, field = HOSTILE[attack]
     out = tmp_path / "c"
-    write_fingerprinted_cache(out)
+    write_tiny_cache(out)
     forge_manifest(out, edit)
     with pytest.raises(CacheFormatError) as raised:
         open_cache(out)
@@ -86,14 +86,14 @@ def test_a_hostile_manifest_is_refused_naming_the_field(attack, tmp_path):
 @pytest.mark.fault
 def test_experts_on_a_hostile_manifest_is_one_line_not_a_16_tib_allocation(tmp_path):
     out = tmp_path / "c"
-    write_fingerprinted_cache(out)
+    write_tiny_cache(out)
     forge_manifest(out, lambda raw: raw["splits"]["train"].update(rows=10**12))
     assert_user_error(_cli("experts", out, "--split", "train"), "splits.train.rows")
 
 
 @pytest.mark.fault
 def test_pull_refuses_a_hostile_remote_manifest_and_writes_nothing(tmp_path):
-    write_fingerprinted_cache(tmp_path / "c")
+    write_tiny_cache(tmp_path / "c")
     remote = tmp_path / "remote"
     push(tmp_path / "c", str(remote))
     forge_manifest(remote, lambda raw: raw["splits"]["train"].update(rows=-1))
@@ -105,7 +105,7 @@ def test_pull_refuses_a_hostile_remote_manifest_and_writes_nothing(tmp_path):
 
 def test_the_reader_allocates_nothing_for_a_split_its_shards_do_not_cover(tmp_path, monkeypatch):
     out = tmp_path / "c"
-    write_fingerprinted_cache(out)
+    write_tiny_cache(out)
     forge_manifest(out, lambda raw: raw["splits"]["train"].update(rows=10**9))  # valid, but not what is there
     allocations = []
     real_empty = np.empty
@@ -116,7 +116,7 @@ def test_the_reader_allocates_nothing_for_a_split_its_shards_do_not_cover(tmp_pa
 
 
 def test_a_saved_manifest_has_a_digest_of_its_canonical_content(tmp_path):
-    write_fingerprinted_cache(tmp_path / "c")
+    write_tiny_cache(tmp_path / "c")
     raw = json.loads((tmp_path / "c" / MANIFEST_NAME).read_text())
     assert raw["format_version"] == FORMAT_VERSION == 2
     content = {key: value for key, value in raw.items() if key != "digest"}

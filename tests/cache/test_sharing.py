@@ -663,7 +663,7 @@ class _Recorder:
 
 
 def test_push_and_pull_report_progress_as_one_task_in_bytes(tmp_path):
-    from helpers.tiny_cache import write_tiny_cache
+    from helpers.manifests import write_tiny_cache
 
     manifest = write_tiny_cache(tmp_path / "c")
     total = sum(record.bytes for record in manifest.shards)
@@ -813,7 +813,7 @@ def test_push_to_a_directory_remote_that_refuses_its_lock_file_is_a_one_line_err
 
     remote = tmp_path / "remote"
     remote.mkdir()
-    monkeypatch.setattr("mtkd_cache.cache.lock.open", refuse, raising=False)
+    monkeypatch.setattr("mtkd_cache.cache.lock.os.open", refuse)  # the lock file is opened with os.open (O_NOFOLLOW)
     _assert_user_error(_cli("push", caches["A"], remote), os.strerror(errno.EACCES), "permissions", alone=False)
     assert list(remote.iterdir()) == []
 
@@ -834,7 +834,7 @@ def test_s3_push_removes_stale_temporaries_of_a_killed_push(caches, s3, monkeypa
 
 
 def test_a_backend_without_a_guard_says_so(tmp_path):
-    from helpers.tiny_cache import write_tiny_cache
+    from helpers.manifests import write_tiny_cache
 
     write_tiny_cache(tmp_path / "c")
     events = _Recorder()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.manifests import write_fingerprinted_cache as write_tiny_cache
+from helpers.manifests import write_tiny_cache
 from mtkd_cache import CacheFormatError, summarize, verify_cache
 from mtkd_cache.cache.sharing import push
 

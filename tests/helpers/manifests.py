@@ -18,11 +18,11 @@ from mtkd_cache.data.datasets import SplitData, TaskData
 from mtkd_cache.layout import MANIFEST_NAME, inputs_path, outputs_path
 
 
-def write_fingerprinted_cache(out: Path, rows: int = 6, shard_rows: int = 4, teacher: str = "t",
-                              splits: dict[str, int] | None = None, teachers: tuple[str, ...] | None = None) -> Manifest:
-    """helpers.tiny_cache.write_tiny_cache's cache (by default the same rows, shards and teacher), with the
-    split and dataset fingerprints of its rows; `splits` {name: rows} and `teachers` (each with its own
-    weights hash and logits) make a larger one."""
+def write_tiny_cache(out: Path, rows: int = 6, shard_rows: int = 4, teacher: str = "t",
+                     splits: dict[str, int] | None = None, teachers: tuple[str, ...] | None = None) -> Manifest:
+    """A committed cache in `out` (default: split `train` of 6 rows, 4-row shards, one teacher `t`) whose split
+    and dataset fingerprints are those of its rows, so it verifies; `splits` {name: rows} and `teachers`
+    (each with its own weights hash and logits) make a larger one."""
     splits = splits or {"train": rows}
     teachers = teachers or (teacher,)
     manifest = empty_manifest(rows, shard_rows)

@@ -3,11 +3,8 @@ cache modules on their own."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from mtkd_cache.cache.committer import ShardCommitter
 from mtkd_cache.cache.manifest import DatasetRecord, Manifest, ShardRecord, SplitRecord, TeacherRecord
 from mtkd_cache.cache.shards import inputs_schema, inputs_table, outputs_schema, outputs_table
 from mtkd_cache.layout import inputs_path, outputs_path
@@ -38,15 +35,3 @@ def shard_tables(rows: int, teacher: str | None, start: int, end: int):
     table = outputs_table(ids, logits, logits.argmax(axis=1), "float16")
     return ShardRecord(outputs_path(teacher, "train", start, end), "train", teacher, start, end, end - start, 0, ""), \
         table, outputs_schema(len(LABELS), "float16")
-
-
-def write_tiny_cache(out: Path, rows: int = 6, shard_rows: int = 4, teacher: str = "t") -> Manifest:
-    """A committed cache in `out`: split `train` of `rows` rows, inputs and one teacher's outputs."""
-    manifest = empty_manifest(rows, shard_rows)
-    out.mkdir(parents=True, exist_ok=True)
-    with ShardCommitter(out, manifest) as committer:
-        for owner in (None, teacher):
-            for start in range(0, rows, shard_rows):
-                record, table, schema = shard_tables(rows, owner, start, min(start + shard_rows, rows))
-                committer.submit(record, table, schema, teacher_record(teacher) if owner else None)
-    return manifest
