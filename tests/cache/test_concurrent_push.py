@@ -10,8 +10,6 @@ conditional PUT atomically (moto's threaded server checks and stores in two step
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 
 from helpers.faults import subprocess_env
 from helpers.manifests import write_tiny_cache
+from helpers.moto_s3 import moto_server, point_s3_at
 from mtkd_cache import verify_cache
 from mtkd_cache.cache.sharing import pull, read_remote_manifest
 
@@ -100,54 +99,16 @@ def test_concurrent_pushes_to_a_directory_keep_both_teachers(trial, one_teacher_
 @pytest.fixture(scope="module")
 def serial_moto_endpoint():
     pytest.importorskip("s3fs")
-    import s3fs
-    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
-
-    class SerialMotoServer(ThreadedMotoServer):
-        def _server_entry(self) -> None:
-            app = DomainDispatcherApplication(create_backend_app)
-            self._server = make_server(self._ip_address, self._port, app, threaded=False,
-                                       request_handler=MotoRequestHandler)
-            self._server_ready_event.set()
-            self._server.serve_forever()
-
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.ERROR)
-    server = SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        with contextlib.suppress(FileExistsError):  # moto's buckets live in this process, shared by its servers
-            s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint, skip_instance_cache=True).mkdir(BUCKET)
+    with moto_server(BUCKET, serial=True) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-        werkzeug.setLevel(level)
-        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture
 def s3_env(serial_moto_endpoint, monkeypatch, tmp_path) -> dict[str, str]:
     """This process's and the pushers' environment: credentials and endpoint of the loopback server only."""
-    import fsspec.config
     import s3fs
 
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy",
-                 "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true"),
-                        ("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config")),
-                        ("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials")),
-                        ("AWS_ENDPOINT_URL", serial_moto_endpoint), ("FSSPEC_S3_ENDPOINT_URL", serial_moto_endpoint),
-                        ("NO_PROXY", "127.0.0.1,localhost")):
-        monkeypatch.setenv(name, value)
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": serial_moto_endpoint})
-    s3fs.S3FileSystem.clear_instance_cache()
+    point_s3_at(serial_moto_endpoint, monkeypatch, tmp_path)
     yield subprocess_env()
     s3fs.S3FileSystem.clear_instance_cache()
 

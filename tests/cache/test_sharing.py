@@ -13,7 +13,6 @@ import builtins
 import csv
 import errno
 import json
-import logging
 import os
 import re
 import shutil
@@ -40,6 +39,7 @@ from helpers.faults import (
     shard_records,
     subprocess_env,
 )
+from helpers.moto_s3 import moto_server, point_s3_at
 from mtkd_cache import CacheFormatError, CacheIntegrityError, CacheMismatchError, ConfigError, open_cache, verify_cache
 from mtkd_cache.cache.manifest import load_manifest
 from mtkd_cache.cache.sharing import TransferReport, merge, pull, push, read_remote_manifest
@@ -216,47 +216,16 @@ def test_cli_push_and_pull_report_bytes(caches, tmp_path):
 def moto_endpoint():
     """One moto S3 server per module on 127.0.0.1 with a bucket `mtkd`; stopped at module end."""
     pytest.importorskip("s3fs")
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    werkzeug = logging.getLogger("werkzeug")  # moto's request log would land in CliRunner's stderr
-    level = werkzeug.level
-    werkzeug.setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=endpoint, skip_instance_cache=True)
-        fs.mkdir("mtkd")
+    with moto_server("mtkd") as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-        werkzeug.setLevel(level)
-        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture
 def s3(moto_endpoint, monkeypatch, tmp_path):
     """The environment a user's push/pull to s3:// would see, pointed at the loopback server."""
-    import fsspec.config
     import s3fs
 
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy",
-                 "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)  # botocore's own override, in case fsspec's is lost
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    # fsspec reads FSSPEC_S3_ENDPOINT_URL only when it is imported, so set its config directly as well.
-    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": moto_endpoint})
-    s3fs.S3FileSystem.clear_instance_cache()
+    point_s3_at(moto_endpoint, monkeypatch, tmp_path)
     fs = s3fs.S3FileSystem()
     assert fs.endpoint_url == moto_endpoint
     yield fs
