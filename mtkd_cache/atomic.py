@@ -111,11 +111,14 @@ def recover_directory(target: Path) -> bool:
     return True
 
 
-def remove_temporaries(directory: Path, recursive: bool = True) -> None:
+def remove_temporaries(directory: Path, recursive: bool = True, older_than: float | None = None) -> None:
     """Delete what killed writers left under `directory`: their temporaries were never at a final path, so
-    nothing ever read them. A temporary directory (`replace_directory`'s) goes as a whole."""
+    nothing ever read them. A temporary directory (`replace_directory`'s) goes as a whole. `older_than` (a
+    time.time()) spares newer ones: the in-flight files of a writer running beside this one."""
     found = directory.rglob(f"{TEMP_PREFIX}*") if recursive else directory.glob(f"{TEMP_PREFIX}*")
     for path in sorted(found, reverse=True):  # deepest first
+        if older_than is not None and path.lstat().st_mtime >= older_than:
+            continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:

@@ -38,16 +38,18 @@ def holds_teacher_outputs(out: Path) -> bool:
         return False
 
 
-def refuse_foreign_directory(out: Path) -> None:
+def refuse_foreign_directory(out: Path, what: str = "--out") -> None:
+    """`out` is new, empty or a cache (a manifest, or only what a killed build left); `what` names it in
+    the message (build's `--out`, pull's `destination`)."""
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a directory for the cache.")
+        raise ConfigError(f"{what} {out} is a file; give a directory for the cache.")
     if not out.exists() or (out / MANIFEST_NAME).exists():
         return
     ours = {LOCK_NAME, *SHARD_FOLDERS, RECEIPTS_DIR}
     foreign = [p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith((TEMP_PREFIX, f".{MANIFEST_NAME}"))]
     if foreign:
         raise ConfigError(
-            f"--out {out} is not empty and holds no cache (found {', '.join(sorted(foreign)[:5])}); choose an empty "
+            f"{what} {out} is not empty and holds no cache (found {', '.join(sorted(foreign)[:5])}); choose an empty "
             "or new directory."
         )
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtkd_cache.cache.committer import make_directory, refuse_foreign_directory, refuse_symlinks
-from mtkd_cache.cache.destination import is_new_or_empty, refuse_foreign, remove_stale_temporaries, undone_on_failure
+from mtkd_cache.cache.destination import is_new_or_empty, remove_stale_temporaries, undone_on_failure
 from mtkd_cache.cache.lock import CacheLock
 from mtkd_cache.cache.manifest import Manifest, ShardRecord, load_manifest
 from mtkd_cache.cache.remote import (
@@ -164,7 +164,7 @@ def pull(url: str, cache_dir: Path, teachers: tuple[str, ...] | None = None,
     `cache_dir` must be new, empty or a cache; one this pull made is removed again when it cannot be
     written (disk full, read-only). Progress is one task in bytes: the total of the shards found missing."""
     events = events or SilentEvents()
-    refuse_foreign(cache_dir, "destination")
+    refuse_foreign_directory(cache_dir, "destination")
     if cache_dir.is_dir():
         refuse_symlinks(cache_dir)  # a linked folder inside would let the pull write outside the cache
     remote = read_remote_manifest(url)
