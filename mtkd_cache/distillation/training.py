@@ -223,14 +223,16 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             # Checked before the optimizer step, so the weights (and every checkpoint) stay finite. With a grad
-            # scaler an overflowing gradient is expected now and then: the scaler skips that step itself.
-            if not torch.isfinite(loss) or (not scaler.is_enabled() and not torch.isfinite(grad_norm)):
-                what = "the gradients became non-finite" if torch.isfinite(loss) else f"the loss became {loss.item()}"
+            # scaler an overflowing gradient is expected now and then: the scaler skips that step itself. One
+            # device-to-host copy for both numbers: the step already waited for the loss.
+            loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
+            if not math.isfinite(loss_value) or (not scaler.is_enabled() and not math.isfinite(norm_value)):
+                what = f"the loss became {loss_value}" if not math.isfinite(loss_value) else "the gradients became non-finite"
                 raise diverged(what, epoch, step, run_dir)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            total_loss += loss.item() * len(local_rows) * (share > 0)
+            total_loss += loss_value * len(local_rows) * (share > 0)
             events.advance(len(batch_rows))
         total_loss = sum(context.all_gather(total_loss))
         preds = _predict_split(model, selection.tokens, pad_id, device, context).argmax(axis=1)
