@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from mtkd_cache.atomic import replace_directory, write_atomically
 from mtkd_cache.cache.reader import open_cache
 from mtkd_cache.data.batching import tokenize_rows
@@ -39,7 +37,8 @@ from mtkd_cache.distillation.training import TrainConfig, predict_logits
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.layout import RUN_REPORT, STUDENT_DIR
 from mtkd_cache.progress import ProgressEvents
-from mtkd_cache.report.evaluation import compute_metrics, median_difference, new_axes, per_class_table, save_figure
+from mtkd_cache.report.evaluation import compute_metrics, median_difference, per_class_table
+from mtkd_cache.report.plots import plot_per_class_accuracy
 from mtkd_cache.report.run_report import RunReport
 from mtkd_cache.runners.build import BuildConfig, RunnerConfig, build_cache
 from mtkd_cache.runners.teachers import TeacherSpec
@@ -227,14 +226,5 @@ def write_demo_report(report: DemoReport) -> None:
 
 
 def _plot(path: Path, models: list[ModelRow]) -> None:
-    width = 0.8 / len(models)
-    figure, axis = new_axes(11, 4.5)
-    for position, model in enumerate(models):
-        values = [v if v is not None else 0.0 for v in model.per_class]
-        axis.bar(np.arange(len(LABELS)) + position * width, values, width, label=f"{model.name} ({model.role})",
-                 hatch="" if model.role == "teacher" else "//")
-    axis.set_xticks(np.arange(len(LABELS)) + 0.4 - width / 2, LABELS)
-    axis.set_ylabel("per-class accuracy (test)")
-    axis.set_ylim(0, 1.05)
-    axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    save_figure(figure, path)
+    plot_per_class_accuracy(path, LABELS, [(m.name, m.role, m.per_class) for m in models],
+                            "BBC News demo: per-class accuracy on test, teachers and students")

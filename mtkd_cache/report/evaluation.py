@@ -13,9 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The demo draws its own figures with these; they live with the other plots.
-from mtkd_cache.report.plots import new_axes, save_figure  # noqa: F401
-
 
 @dataclass
 class Metrics:

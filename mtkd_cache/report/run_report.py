@@ -92,7 +92,8 @@ def write_report(run_dir: Path, report: RunReport, label_names: tuple[str, ...])
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in teaching.warnings]
     lines += ["", f"![per-class differences]({PER_CLASS_PLOT})", ""]
     write_atomically(run_dir / RUN_REPORT_MD, "\n".join(lines), durable=False)
-    plot_per_class_differences(run_dir / PER_CLASS_PLOT, label_names, per_class)
+    title = f"{report.strategy} → {report.config['student']}: student − teacher per class ({report.eval_split})"
+    plot_per_class_differences(run_dir / PER_CLASS_PLOT, label_names, per_class, title)
 
 
 def load_run_report(run_dir: Path) -> RunReport:
