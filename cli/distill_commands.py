@@ -35,22 +35,34 @@ def experts(
     cache: Annotated[Path, typer.Argument(help="Cache directory.")],
     split: Annotated[str, from_config(DistillConfig, "expert_split", "--split")] = DistillConfig.expert_split,
     teachers: Annotated[str | None, from_config(DistillConfig, "teachers")] = None,
+    expert_confidence: Annotated[float | None, from_config(StrategyConfig, "expert_confidence")] = None,
+    calibrate: Annotated[bool, typer.Option(help="Also fit and show each teacher's temperature on the split.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     config: ConfigFile = None,
 ) -> None:
-    """Per-class accuracy of every teacher, the expert of each class and the fallback teacher M."""
+    """Per-class accuracy of every teacher (with its 95% credible interval), the expert of each class and the
+    fallback teacher M."""
     opened = open_cache(cache)
-    table = expert_table_for(opened, split, parse_teacher_subset(split_list(teachers), opened.teacher_names))
+    strategy = StrategyConfig(expert_confidence=expert_confidence, calibrate=calibrate)
+    table = expert_table_for(opened, split, parse_teacher_subset(split_list(teachers), opened.teacher_names), strategy)
+    low, high = table.credible_intervals()
     if as_json:
-        print(json.dumps(table.to_json(), indent=2))
+        intervals = {t: {c: None if low[n, k] != low[n, k] else [float(low[n, k]), float(high[n, k])]
+                         for k, c in enumerate(table.label_names)} for n, t in enumerate(table.teachers)}
+        print(json.dumps({**table.to_json(), "credible_intervals_95": intervals}, indent=2))
         return
-    shown = Table("class", *table.teachers, "expert", title=f"per-class accuracy on '{split}'")
+    shown = Table("class", *table.teachers, "expert", title=f"per-class accuracy on '{split}' [95% credible interval]")
     for k, name in enumerate(table.label_names):
-        cells = ["–" if acc != acc else f"{acc:.3f}" for acc in table.per_class_accuracy[:, k]]
+        cells = ["–" if acc != acc else f"{acc:.3f} [{low[n, k]:.2f}, {high[n, k]:.2f}]"
+                 for n, acc in enumerate(table.per_class_accuracy[:, k])]
         shown.add_row(name, *cells, table.teachers[table.experts[k]])
     shown.add_row("overall", *[f"{acc:.3f}" for acc in table.overall_accuracy], f"M = {table.fallback_name}",
                   style="bold")
+    if table.temperatures is not None:
+        shown.add_row("temperature", *[f"{t:.2f}" for t in table.temperatures], "")
     stdout.print(shown)
+    if table.confidence is not None:
+        stdout.print(f"experts kept only where better than M with posterior probability ≥ {table.confidence:g}")
     if split == "test":
         stderr.print("[yellow]note:[/yellow] experts chosen on test and a report on test leak test labels; "
                       "prefer --split validation.")
@@ -68,15 +80,24 @@ def select_command(
     seed: Annotated[int, typer.Option(help="Seed of random/noisy draws.")] = TrainConfig.seed,
     noise_std: Annotated[float, from_config(StrategyConfig, "noise_std")] = StrategyConfig.noise_std,
     gamma: Annotated[float, from_config(StrategyConfig, "gamma")] = StrategyConfig.gamma,
+    unlabeled: Annotated[str, from_config(StrategyConfig, "unlabeled", metavar="[thesis|claim-accuracy]")] = StrategyConfig.unlabeled.value,
+    correct_fallback: Annotated[str, from_config(StrategyConfig, "correct_fallback", metavar="[best|gold]")] = StrategyConfig.correct_fallback.value,
+    expert_confidence: Annotated[float | None, from_config(StrategyConfig, "expert_confidence")] = None,
+    calibrate: Annotated[bool, from_config(StrategyConfig, "calibrate")] = StrategyConfig.calibrate,
     config: ConfigFile = None,
 ) -> None:
     """Write per-sample teacher weights of a strategy, and print who taught how often."""
-    selection = select_teachers(cache, split, StrategyConfig(strategy, noise_std, gamma), split_list(teachers),
+    selection = select_teachers(cache, split, StrategyConfig(strategy, noise_std, gamma, unlabeled, correct_fallback, expert_confidence, calibrate), split_list(teachers),
                                 expert_split, seed, out)
     write_selection(out, selection)
-    shown = Table("teacher", "followed (rows)", title=f"{selection.strategy} on '{split}'")
-    for teacher, count in selection.followed.items():
-        shown.add_row(teacher, f"{count:,}")
+    if selection.followed is not None:
+        shown = Table("teacher", "followed (rows)", "mean weight", title=f"{selection.strategy} on '{split}'")
+        for teacher, count in selection.followed.items():
+            shown.add_row(teacher, f"{count:,}", f"{selection.mean_weight[teacher]:.3f}")
+    else:  # a mixture: the argmax of its weights says nothing about who taught
+        shown = Table("teacher", "mean weight", title=f"{selection.strategy} on '{split}'")
+        for teacher, weight in selection.mean_weight.items():
+            shown.add_row(teacher, f"{weight:.3f}")
     stdout.print(shown)
     if selection.fallbacks is not None:
         stdout.print(f"fell back to M on {selection.fallbacks:,} of {len(selection.sample_ids):,} rows")
@@ -86,7 +107,7 @@ def select_command(
 def _print_result(result) -> None:
     report = result.report
     stdout.print(f"[bold]{result.run_dir}[/bold]: accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}"
-                 f"  MCC {report.mcc:.4f}  (best epoch {result.train.best_epoch + 1}, "
+                 f"  MCC {report.mcc:.4f}  (best epoch {report.best_epoch}, "
                  f"{result.train.train_seconds:.1f} s training)")
     for warning in result.warnings:
         stderr.print(f"[yellow]warning:[/yellow] {warning}")
@@ -117,6 +138,10 @@ def distill_command(
     expert_split: Annotated[str, from_config(DistillConfig, "expert_split")] = DistillConfig.expert_split,
     noise_std: Annotated[float, from_config(StrategyConfig, "noise_std")] = StrategyConfig.noise_std,
     gamma: Annotated[float, from_config(StrategyConfig, "gamma")] = StrategyConfig.gamma,
+    unlabeled: Annotated[str, from_config(StrategyConfig, "unlabeled", metavar="[thesis|claim-accuracy]")] = StrategyConfig.unlabeled.value,
+    correct_fallback: Annotated[str, from_config(StrategyConfig, "correct_fallback", metavar="[best|gold]")] = StrategyConfig.correct_fallback.value,
+    expert_confidence: Annotated[float | None, from_config(StrategyConfig, "expert_confidence")] = None,
+    calibrate: Annotated[bool, from_config(StrategyConfig, "calibrate")] = StrategyConfig.calibrate,
     stage1_split: Annotated[str | None, typer.Option(help=field_help(TransferStage, "split"))] = None,
     stage1_epochs: Annotated[int, from_config(TransferStage, "epochs", "--stage1-epochs")] = TransferStage.epochs,
     stage1_strategy: Annotated[str | None, from_config(TransferStage, "strategy", "--stage1-strategy")] = None,
@@ -125,7 +150,7 @@ def distill_command(
     """Train a student from the cache alone with a selection strategy; write the student and the report."""
     stage1 = TransferStage(stage1_split, stage1_epochs, stage1_strategy) if stage1_split else None
     distill_config = DistillConfig(
-        cache=cache, student=student, out=out, strategy=StrategyConfig(strategy, noise_std, gamma), alpha=alpha,
+        cache=cache, student=student, out=out, strategy=StrategyConfig(strategy, noise_std, gamma, unlabeled, correct_fallback, expert_confidence, calibrate), alpha=alpha,
         temperature=temperature, teachers=split_list(teachers), tokenizer=tokenizer, train_split=train_split,
         eval_split=eval_split, selection_split=selection_split, expert_split=expert_split,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length, seed=seed,

@@ -97,6 +97,10 @@ def sweep(
     expert_split: Annotated[str | None, _as_for_distill(DistillConfig, "expert_split")] = None,
     noise_std: Annotated[float | None, _as_for_distill(StrategyConfig, "noise_std")] = None,
     gamma: Annotated[float | None, _as_for_distill(StrategyConfig, "gamma")] = None,
+    unlabeled: Annotated[str | None, _as_for_distill(StrategyConfig, "unlabeled")] = None,
+    correct_fallback: Annotated[str | None, _as_for_distill(StrategyConfig, "correct_fallback")] = None,
+    expert_confidence: Annotated[float | None, _as_for_distill(StrategyConfig, "expert_confidence")] = None,
+    calibrate: Annotated[bool | None, _as_for_distill(StrategyConfig, "calibrate")] = None,
 ) -> None:
     """Distil a grid of strategies × α × T × seeds × teacher subsets from one load of the cache; rank them.
 

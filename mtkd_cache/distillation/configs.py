@@ -74,6 +74,8 @@ class DistillConfig:
         if self.temperature <= 0:
             raise ConfigError(f"--temperature must be positive, not {self.temperature}.")
         object.__setattr__(self, "teachers", teacher_tuple(self.teachers))
+        if self.strategy.name is Strategy.NONE:
+            object.__setattr__(self, "alpha", 1.0)  # the floor has no KD term: cross-entropy alone, at full weight
 
 
 @dataclass(frozen=True)

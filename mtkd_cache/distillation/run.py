@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mtkd_cache.atomic import TEMP_PREFIX, write_atomically
-from mtkd_cache.distillation.training import TrainResult
+from mtkd_cache.distillation.training import EpochRecord, TrainResult
 from mtkd_cache.distributed import DistributedContext
 from mtkd_cache.errors import ConfigError, MtkdError
 from mtkd_cache.hashing import sha256_bytes
@@ -163,12 +163,17 @@ class Run:
         write_atomically(self.directory / METRICS_LOG, history_lines(result, stage1), durable=False)
 
 
+def epoch_json(record: EpochRecord) -> dict:
+    """An epoch as every file and message shows it: counted from 1 (the training loop counts from 0)."""
+    return {**dataclasses.asdict(record), "epoch": record.epoch + 1}
+
+
 def history_lines(result: TrainResult, stage1: TrainResult | None = None) -> str:
     """One JSON line per epoch; a two-stage run lists stage 1's epochs first, marked "stage": 1."""
     lines = []
     for stage, records in ((1, stage1.history if stage1 else []), (2 if stage1 else None, result.history)):
         for record in records:
-            lines.append(json.dumps(dataclasses.asdict(record) | ({"stage": stage} if stage else {})) + "\n")
+            lines.append(json.dumps(epoch_json(record) | ({"stage": stage} if stage else {})) + "\n")
     return "".join(lines)
 
 

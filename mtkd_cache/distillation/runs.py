@@ -25,9 +25,9 @@ from mtkd_cache.data.datasets import load_task_data
 from mtkd_cache.devices import resolve_device
 from mtkd_cache.distillation.configs import DistillConfig, FinetuneConfig, TransferStage
 from mtkd_cache.distillation.experts import ExpertTable, parse_teacher_subset
-from mtkd_cache.distillation.run import Run, RunIdentity, StageEvents, config_payload
+from mtkd_cache.distillation.run import Run, RunIdentity, StageEvents, config_payload, epoch_json
 from mtkd_cache.distillation.session import PreparedCache
-from mtkd_cache.distillation.strategies import NEEDS_EXPERTS, STOCHASTIC, TeacherSignal
+from mtkd_cache.distillation.strategies import NEEDS_EXPERTS, STOCHASTIC, StrategyConfig, TeacherSignal, who_taught
 from mtkd_cache.distillation.students import build_student, check_max_length, count_parameters, load_saved_student
 from mtkd_cache.distillation.training import Distillation, SplitTensors, TrainResult, predict_logits, train
 from mtkd_cache.distributed import DistributedContext
@@ -49,8 +49,10 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def expert_table_for(cache: Cache, split: str, teachers: tuple[str, ...]) -> ExpertTable:
-    return PreparedCache(cache).expert_table(split, teachers)
+def expert_table_for(cache: Cache, split: str, teachers: tuple[str, ...],
+                     strategy: StrategyConfig | None = None) -> ExpertTable:
+    """The expert table of `teachers` on `split`, as `strategy` (its confidence and calibration) would use it."""
+    return PreparedCache(cache).strategy_table(strategy or StrategyConfig(), split, teachers)
 
 
 def resolve_splits(config: DistillConfig, split_names: tuple[str, ...]) -> str:
@@ -74,10 +76,19 @@ def distill_identity(config: DistillConfig, cache: Cache) -> RunIdentity:
         del resolved["stage1"]  # a one-stage run's config.json has no stage1 key
     resolved.update(strategy=config.strategy.name.value, noise_std=config.strategy.noise_std,
                     gamma=config.strategy.gamma, teachers=list(teachers),
-                    selection_split=resolve_splits(config, cache.split_names))
+                    selection_split=resolve_splits(config, cache.split_names), **strategy_options(config.strategy))
     manifest = cache.manifest
     return RunIdentity(resolved, {"cache_fingerprint": manifest.dataset.fingerprint,
                                   "teacher_weights": [manifest.teachers[t].weights_sha256 for t in teachers]})
+
+
+def strategy_options(strategy: StrategyConfig) -> dict:
+    """The strategy options a run was given beyond the defaults (absent otherwise, so that the identity of
+    a run with default options is what it was before these options existed)."""
+    chosen = config_payload(strategy)
+    defaults = config_payload(StrategyConfig(strategy.name))
+    return {key: value for key, value in chosen.items()
+            if key not in ("name", "noise_std", "gamma") and value != defaults[key]}
 
 
 def _require_labels(prepared: PreparedCache, option: str, split: str) -> None:
@@ -106,7 +117,7 @@ def distill(config: DistillConfig, events: ProgressEvents | None = None, *, prep
     for option, split in (("--expert-split", config.expert_split), ("--selection-split", selection_split),
                           ("--eval-split", config.eval_split)):
         _require_labels(prepared, option, split)  # experts are never computed from unlabeled rows
-    table = prepared.expert_table(config.expert_split, teachers)
+    prepared.strategy_table(config.strategy, config.expert_split, teachers)  # computed (and checked) before training
     train_labels = prepared.inputs(config.train_split).labels
     if len(np.unique(train_labels[train_labels >= 0])) < 2:
         warnings.append(f"split '{config.train_split}' has fewer than two labeled classes; the student can only learn one.")
@@ -142,7 +153,7 @@ def distill(config: DistillConfig, events: ProgressEvents | None = None, *, prep
                        run.fingerprint, events, context, resume)
         report = None
         if context.is_main:
-            report = _distill_report(config, prepared, teachers, table, first_signal, split_tensors, pad_id, run,
+            report = _distill_report(config, prepared, teachers, first_signal, split_tensors, pad_id, run,
                                      warnings, result, stage1)
             run.finish(report, cache.label_names, result, stage1)
         return RunResult(run.directory, context.broadcast(report), result, warnings)
@@ -153,7 +164,7 @@ def _note_resume(events: ProgressEvents, run: Run, resume: dict | None) -> None:
         events.note(f"resuming {run.directory} after epoch {resume['epoch'] + 1} (its checkpoint)")
 
 
-def _distill_report(config: DistillConfig, prepared: PreparedCache, teachers: tuple[str, ...], table: ExpertTable,
+def _distill_report(config: DistillConfig, prepared: PreparedCache, teachers: tuple[str, ...],
                     first_signal: TeacherSignal, split_tensors: dict[str, SplitTensors], pad_id: int, run: Run,
                     warnings: list[str], result: TrainResult, stage1: TrainResult | None) -> RunReport:
     cache = prepared.cache
@@ -161,17 +172,17 @@ def _distill_report(config: DistillConfig, prepared: PreparedCache, teachers: tu
     eval_split = split_tensors[config.eval_split]
     teacher_per_class = {t: compute_metrics(eval_preds[:, n].numpy(), eval_split.labels,
                                             len(cache.label_names)).per_class_accuracy for n, t in enumerate(teachers)}
-    chosen = first_signal.weights.argmax(dim=1)
-    teaching = Teaching(followed={t: int((chosen == n).sum()) for n, t in enumerate(teachers)},
+    followed, mean_weight = who_taught(config.strategy.name, first_signal, teachers)
+    teaching = Teaching(followed=followed, mean_weight=mean_weight,
                         fallbacks=int(first_signal.fell_back.sum()) if first_signal.fell_back is not None else None,
-                        experts=table.to_json(), expert_split=config.expert_split, eval_rows=len(eval_split.labels),
-                        warnings=warnings)
+                        experts=prepared.strategy_table(config.strategy, config.expert_split, teachers).to_json(),
+                        expert_split=config.expert_split, eval_rows=len(eval_split.labels), warnings=warnings)
     stage1_record = None
     if stage1 is not None:
         stage1_record = {**config_payload(config.stage1),
                          "strategy": (config.stage1.strategy or config.strategy.name).value,
                          "rows": len(prepared.inputs(config.stage1.split).labels),
-                         "history": [dataclasses.asdict(r) for r in stage1.history],
+                         "history": [epoch_json(r) for r in stage1.history],
                          "train_seconds": stage1.train_seconds}
     return _evaluate(run, eval_split, cache.label_names, config.train.device, pad_id, teacher_per_class, result,
                      config.eval_split, stage1, teaching, stage1_record)
@@ -220,7 +231,8 @@ def _evaluate(run: Run, eval_split: SplitTensors, label_names: tuple[str, ...], 
         median_diff={t: median_difference(metrics.per_class_accuracy, v) for t, v in teacher_per_class.items()},
         confusion_matrix=metrics.confusion_matrix, parameters=count_parameters(model), ms_per_sample=ms_per_sample,
         eval_split=eval_split_name, config=run.config,
-        best_epoch=result.best_epoch, history=[dataclasses.asdict(r) for r in result.history],
+        # Epochs are counted from 1 in every file and message (the loop counts from 0).
+        best_epoch=result.best_epoch + 1, history=[epoch_json(r) for r in result.history],
         train_seconds=result.train_seconds + (stage1.train_seconds if stage1 else 0.0),
         teaching=teaching, stage1=stage1_record)
 

@@ -13,7 +13,7 @@ from mtkd_cache.atomic import write_atomically
 from mtkd_cache.distillation.experts import parse_teacher_subset
 from mtkd_cache.distillation.run import check_output_file
 from mtkd_cache.distillation.session import PreparedCache
-from mtkd_cache.distillation.strategies import Strategy, StrategyConfig
+from mtkd_cache.distillation.strategies import Strategy, StrategyConfig, who_taught
 from mtkd_cache.errors import ConfigError
 
 
@@ -26,8 +26,9 @@ class Selection:
     teachers: tuple[str, ...]
     sample_ids: np.ndarray
     weights: np.ndarray  # float32 [S, N]
-    followed: dict[str, int]  # rows whose largest weight is this teacher's
-    fallbacks: int | None  # `expert` only: rows that followed M because |S| was 0 or > 1
+    followed: dict[str, int] | None  # one-hot strategies: rows that followed each teacher; None otherwise
+    fallbacks: int | None  # `expert`, `expert-gold`: rows that followed M because |S| was 0 or > 1
+    mean_weight: dict[str, float]  # each teacher's mean weight over the rows
 
 
 def select_teachers(cache_dir: Path, split: str, strategy: StrategyConfig,
@@ -42,11 +43,10 @@ def select_teachers(cache_dir: Path, split: str, strategy: StrategyConfig,
         if name not in prepared.cache.split_names:
             raise ConfigError(f"{option} {name}: the cache has splits {', '.join(prepared.cache.split_names)}.")
     signal = prepared.signal(strategy, subset, split, expert_split, seed, 0)
-    chosen = signal.weights.argmax(dim=1)
+    followed, mean_weight = who_taught(strategy.name, signal, subset)
     return Selection(split, strategy.name, subset, prepared.inputs(split).sample_ids,
-                     signal.weights.numpy().astype(np.float32),
-                     {t: int((chosen == n).sum()) for n, t in enumerate(subset)},
-                     int(signal.fell_back.sum()) if signal.fell_back is not None else None)
+                     signal.weights.numpy().astype(np.float32), followed,
+                     int(signal.fell_back.sum()) if signal.fell_back is not None else None, mean_weight)
 
 
 def write_selection(path: Path, selection: Selection) -> None:

@@ -9,6 +9,10 @@ and returns a `TeacherSignal`: weights [B, N] plus how they combine in the loss 
     Combine.LOSSES  the KD term is sum_n w_n * KL(softmax(t_n / T) || q)  (weighted multi-teacher KD)
 With one-hot weights the two are the same. Strategies that draw random numbers (`random`, `noisy`) take a
 seeded generator and are re-drawn every epoch; the others are computed once per split.
+
+Two options change what every strategy sees (both computed on the expert split, see experts.py):
+`expert_confidence` replaces a class's expert by M unless it is better than M with that posterior
+probability, and `calibrate` divides each teacher's logits by its fitted temperature T_n.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 
 from mtkd_cache.choices import Choice
 from mtkd_cache.distillation.checks import require_in_range
+from mtkd_cache.errors import ConfigError
 
 
 class Combine(enum.Enum):
@@ -39,10 +44,32 @@ class Strategy(Choice):
     MTBERT = "mtbert"
     NOISY = "noisy"
     EXPERT_SOFT = "expert-soft"
+    EXPERT_GOLD = "expert-gold"
+    CORRECT = "correct"
+    NONE = "none"  # the no-teacher floor: the same student, seed and batches with alpha = 1 and no KD term
 
     @classmethod
     def parse(cls, value: object, flag: str = "--strategy") -> Strategy:
         return super().parse(value, flag)
+
+    @property
+    def one_hot(self) -> bool:
+        """Does every row follow exactly one teacher? Then "followed" counts rows; else mean weights tell."""
+        return self in {Strategy.EXPERT, Strategy.RANDOM, Strategy.BEST, Strategy.NOISY, Strategy.EXPERT_GOLD}
+
+
+class UnlabeledRule(Choice):
+    """How `expert-gold` treats a row without a gold label."""
+
+    THESIS = "thesis"  # the `expert` rule: the one claiming teacher, else M
+    CLAIM_ACCURACY = "claim-accuracy"  # the claiming teacher most accurate on the class it claims, else M
+
+
+class CorrectFallback(Choice):
+    """What `correct` does on a labeled row that no teacher got right."""
+
+    BEST = "best"  # follow M
+    GOLD = "gold"  # no KD term: the gold label alone
 
 
 STRATEGY_NAMES = tuple(s.value for s in Strategy)
@@ -53,11 +80,25 @@ class StrategyConfig:
     name: Strategy = field(default=Strategy.EXPERT, metadata={"help": f"One of {', '.join(STRATEGY_NAMES)}."})
     noise_std: float = field(default=1.0, metadata={"help": "noisy: sigma of the logit noise."})
     gamma: float = field(default=2.0, metadata={"help": "expert-soft: sharpening exponent."})
+    unlabeled: UnlabeledRule = field(default=UnlabeledRule.THESIS, metadata={
+        "help": "expert-gold, rows without a label: thesis (the expert rule) or claim-accuracy (the claiming "
+                "teacher most accurate on its claim)."})
+    correct_fallback: CorrectFallback = field(default=CorrectFallback.BEST, metadata={
+        "help": "correct, a labeled row no teacher got right: best (follow M) or gold (the label alone)."})
+    expert_confidence: float | None = field(default=None, metadata={
+        "help": "Keep a class's expert only when it beats M there with this posterior probability (e.g. 0.9); "
+                "else M. Off by default."})
+    calibrate: bool = field(default=False, metadata={
+        "help": "Divide each teacher's logits by its temperature, fitted by NLL on the expert split."})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", Strategy.parse(self.name))  # a plain string is accepted too
+        object.__setattr__(self, "unlabeled", UnlabeledRule.parse(self.unlabeled, "--unlabeled"))
+        object.__setattr__(self, "correct_fallback", CorrectFallback.parse(self.correct_fallback, "--correct-fallback"))
         require_in_range("--noise-std", self.noise_std, 0)
         require_in_range("--gamma", self.gamma, 0)
+        if self.expert_confidence is not None and not 0.5 <= self.expert_confidence < 1:
+            raise ConfigError(f"--expert-confidence must be in [0.5, 1), not {self.expert_confidence}.")
 
 
 @dataclass
@@ -74,16 +115,75 @@ class TeacherSignal:
     weights: torch.Tensor  # float [B, N]
     combine: Combine
     logits: torch.Tensor  # float [B, N, K]: the teacher logits to distil from (noisy adds its noise here)
-    fell_back: torch.Tensor | None = None  # bool [B], `expert` only: the row followed M
+    fell_back: torch.Tensor | None = None  # bool [B], `expert`/`expert-gold`: the row followed M by the rule
+
+
+def _claims(preds: torch.Tensor, table: ExpertTensors) -> torch.Tensor:
+    """bool [B, N]: teacher n predicts a class it is the expert of."""
+    return table.experts[preds] == torch.arange(preds.shape[1], device=preds.device)
 
 
 def expert(logits, preds, labels, table: ExpertTensors, generator=None, config=None) -> TeacherSignal:
     """The thesis rule: S = {n : E[P[b,n]] == n}; follow the one teacher in S, or M when |S| is 0 or >1."""
     num_teachers = logits.shape[1]
-    claims = table.experts[preds] == torch.arange(num_teachers, device=preds.device)  # [B, N]
+    claims = _claims(preds, table)
     count = claims.sum(dim=1)
     chosen = torch.where(count == 1, claims.float().argmax(dim=1), torch.full_like(count, table.fallback))
     return TeacherSignal(F.one_hot(chosen, num_teachers).float(), Combine.LOGITS, logits, fell_back=count != 1)
+
+
+def _most_accurate_claim(preds: torch.Tensor, table: ExpertTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """Among the claiming teachers, the one most accurate on the class it claims (ties: the first in the
+    subset's order); M where no teacher claims. Returns (chosen [B], fell back [B])."""
+    num_teachers = preds.shape[1]
+    claims = _claims(preds, table)
+    trust = table.per_class_accuracy[torch.arange(num_teachers, device=preds.device), preds]  # [B, N]
+    trust = torch.where(claims, trust, torch.full_like(trust, -1.0))
+    nobody = ~claims.any(dim=1)
+    chosen = torch.where(nobody, torch.full_like(nobody, table.fallback, dtype=torch.long), trust.argmax(dim=1))
+    return chosen, nobody
+
+
+def expert_gold(logits, preds, labels, table: ExpertTensors, generator=None, config=None) -> TeacherSignal:
+    """On a row labeled y, follow the expert of class y (the teacher most accurate on y), whatever the
+    teachers predict; rows without a label follow `config.unlabeled` (the thesis rule by default)."""
+    num_teachers = preds.shape[1]
+    rule = (config or StrategyConfig()).unlabeled
+    if rule is UnlabeledRule.THESIS:
+        unlabeled_signal = expert(logits, preds, labels, table)
+        unlabeled_choice, unlabeled_fell_back = unlabeled_signal.weights.argmax(dim=1), unlabeled_signal.fell_back
+    else:
+        unlabeled_choice, unlabeled_fell_back = _most_accurate_claim(preds, table)
+    labeled = labels >= 0
+    chosen = torch.where(labeled, table.experts[labels.clamp(min=0)], unlabeled_choice)
+    fell_back = unlabeled_fell_back & ~labeled
+    return TeacherSignal(F.one_hot(chosen, num_teachers).float(), Combine.LOGITS, logits, fell_back=fell_back)
+
+
+def correct(logits, preds, labels, table: ExpertTensors, generator=None, config=None) -> TeacherSignal:
+    """On a row labeled y, the teachers that predict y, weighted by their accuracy on class y (equal weights
+    when those accuracies are all 0); when none is right, `config.correct_fallback`: M, or no KD term (the
+    gold label alone). Rows without a label follow M."""
+    batch, num_teachers = preds.shape
+    fallback = (config or StrategyConfig()).correct_fallback
+    labeled = labels >= 0
+    gold = labels.clamp(min=0)
+    right = (preds == gold[:, None]) & labeled[:, None]  # [B, N]
+    accuracy_on_gold = table.per_class_accuracy[:, gold].T  # [B, N]
+    trust = torch.where(right, accuracy_on_gold, torch.zeros_like(accuracy_on_gold))
+    trust = torch.where((trust.sum(dim=1, keepdim=True) > 0) | ~right, trust, right.float())  # all right ones at 0
+    total = trust.sum(dim=1, keepdim=True)
+    follow_m = F.one_hot(torch.full((batch,), table.fallback, dtype=torch.long, device=preds.device), num_teachers).float()
+    nobody_right = total.squeeze(1) == 0
+    otherwise = torch.zeros_like(follow_m) if fallback is CorrectFallback.GOLD else follow_m
+    weights = torch.where(nobody_right[:, None], torch.where(labeled[:, None], otherwise, follow_m),
+                          trust / total.clamp(min=1e-12))
+    return TeacherSignal(weights, Combine.LOSSES, logits)
+
+
+def no_teacher(logits, preds, labels, table=None, generator=None, config=None) -> TeacherSignal:
+    """The floor every strategy is compared against: zero weights, so the KD term is 0 (and alpha is 1)."""
+    return TeacherSignal(torch.zeros(preds.shape, device=logits.device), Combine.LOSSES, logits)
 
 
 def average(logits, preds, labels, table=None, generator=None, config=None) -> TeacherSignal:
@@ -154,9 +254,22 @@ def expert_soft(logits, preds, labels, table: ExpertTensors, generator=None, con
 STRATEGIES = {
     Strategy.EXPERT: expert, Strategy.AVERAGE: average, Strategy.RANDOM: random_teacher, Strategy.BEST: best,
     Strategy.CAMKD: camkd, Strategy.MTBERT: mtbert, Strategy.NOISY: noisy, Strategy.EXPERT_SOFT: expert_soft,
+    Strategy.EXPERT_GOLD: expert_gold, Strategy.CORRECT: correct, Strategy.NONE: no_teacher,
 }
 STOCHASTIC = frozenset({Strategy.RANDOM, Strategy.NOISY})  # re-drawn every epoch from the seeded generator
-NEEDS_EXPERTS = frozenset({Strategy.EXPERT, Strategy.BEST, Strategy.NOISY, Strategy.EXPERT_SOFT})
+NEEDS_EXPERTS = frozenset({Strategy.EXPERT, Strategy.BEST, Strategy.NOISY, Strategy.EXPERT_SOFT, Strategy.EXPERT_GOLD,
+                           Strategy.CORRECT})
+
+
+def who_taught(strategy: Strategy, signal: TeacherSignal, teachers: tuple[str, ...]
+               ) -> tuple[dict[str, int] | None, dict[str, float]]:
+    """Rows that followed each teacher (one-hot strategies only; None otherwise, where the argmax of a
+    mixture says nothing) and each teacher's mean weight over the rows (every strategy)."""
+    mean_weight = {t: float(signal.weights[:, n].mean()) if len(signal.weights) else 0.0 for n, t in enumerate(teachers)}
+    if not strategy.one_hot:
+        return None, mean_weight
+    chosen = signal.weights.argmax(dim=1)
+    return {t: int((chosen == n).sum()) for n, t in enumerate(teachers)}, mean_weight
 
 
 def select(config: StrategyConfig, logits: torch.Tensor, preds: torch.Tensor, labels: torch.Tensor,

@@ -129,14 +129,21 @@ def expand_grid(config: SweepConfig, cache_teachers: tuple[str, ...]) -> list[Sw
     pool = parse_teacher_subset(config.base.teachers, cache_teachers)
     config.grid.check_subset_sizes(len(pool))
     subsets = [c for k in config.grid.subset_sizes for c in itertools.combinations(pool, k)] or [pool]
-    runs = []
+    runs, floors = [], set()
     for strategy, alpha, temperature, seed, subset in itertools.product(
             config.grid.strategies, config.grid.alphas, config.grid.temperatures, config.grid.seeds, subsets):
+        if strategy is Strategy.NONE:
+            # The floor has no KD term, so α and T change nothing: one run per seed and subset, named without them.
+            if (seed, subset) in floors:
+                continue
+            floors.add((seed, subset))
+            alpha, temperature = 1.0, config.grid.temperatures[0]
         base = config.base
         run_config = dataclasses.replace(
             base, strategy=dataclasses.replace(base.strategy, name=strategy), alpha=alpha, temperature=temperature,
             teachers=subset, train=dataclasses.replace(base.train, seed=seed))
-        runs.append(SweepRun(f"{strategy}-a{alpha:g}-T{temperature:g}-s{seed}-{'+'.join(subset)}", run_config))
+        configuration = "" if strategy is Strategy.NONE else f"-a{alpha:g}-T{temperature:g}"
+        runs.append(SweepRun(f"{strategy}{configuration}-s{seed}-{'+'.join(subset)}", run_config))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError("the grid repeats a value (e.g. --alpha 0.5 --alpha 0.5); give each value once.")
@@ -224,7 +231,10 @@ _GRID_KEYS = {"strategy": str, "alpha": float, "temperature": float, "seed": int
 _TRAIN_KEYS = {"epochs": int, "batch_size": int, "lr": float, "max_length": int, "device": str, "patience": int,
                "warmup_epochs": int}
 _RUN_KEYS = {"cache": Path, "student": str, "out": Path, "teachers": str, "tokenizer": str, "train_split": str,
-             "eval_split": str, "selection_split": str, "expert_split": str, "noise_std": float, "gamma": float}
+             "eval_split": str, "selection_split": str, "expert_split": str, **{
+                 "noise_std": float, "gamma": float, "unlabeled": str, "correct_fallback": str,
+                 "expert_confidence": float, "calibrate": bool}}
+_STRATEGY_KEYS = ("noise_std", "gamma", "unlabeled", "correct_fallback", "expert_confidence", "calibrate")
 _SWEEP_KEYS = {"max_minutes": float, "metric": str}
 OPTION_KEYS = {**_GRID_KEYS, **_TRAIN_KEYS, **_RUN_KEYS, **_SWEEP_KEYS}
 _GRID_FIELDS = {"strategy": "strategies", "alpha": "alphas", "temperature": "temperatures", "seed": "seeds",
@@ -238,8 +248,12 @@ def load_sweep_file(path: Path) -> dict:
 
 
 def _coerce(key: str, value, kind):
+    if kind is bool:  # bool("false") is True: only a real boolean (a TOML/YAML true/false, or a flag) counts
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"sweep option {key}: {value!r} is not true or false.")
     try:
-        if kind is bool or isinstance(value, (dict, list)):
+        if isinstance(value, (dict, list)):
             raise TypeError
         return kind(value)
     except (TypeError, ValueError):
@@ -264,7 +278,7 @@ def sweep_config_from_options(options: dict) -> SweepConfig:
             values[key] = _coerce(key, value, OPTION_KEYS[key])
     grid = SweepGrid(**{field_name: values[key] for key, field_name in _GRID_FIELDS.items() if key in values})
     train = TrainConfig(**{_TRAIN_FIELDS.get(k, k): values[k] for k in _TRAIN_KEYS if k in values})
-    strategy = StrategyConfig(**{k: values[k] for k in ("noise_std", "gamma") if k in values})
-    run_options = {k: values[k] for k in _RUN_KEYS if k in values and k not in ("noise_std", "gamma")}
+    strategy = StrategyConfig(**{k: values[k] for k in _STRATEGY_KEYS if k in values})
+    run_options = {k: values[k] for k in _RUN_KEYS if k in values and k not in _STRATEGY_KEYS}
     base = DistillConfig(**run_options, strategy=strategy, train=train)
     return SweepConfig(base=base, grid=grid, **{k: values[k] for k in _SWEEP_KEYS if k in values})

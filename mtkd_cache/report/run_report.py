@@ -23,12 +23,13 @@ from mtkd_cache.report.plots import plot_per_class_differences
 class Teaching:
     """What only a distillation run reports: who taught the training rows, and the experts it chose from."""
 
-    followed: dict[str, int]  # training rows whose largest weight was this teacher's
-    fallbacks: int | None  # `expert` only: rows that followed M because no or several teachers claimed them
+    followed: dict[str, int] | None  # one-hot strategies: training rows that followed each teacher; else None
+    fallbacks: int | None  # `expert`, `expert-gold`: rows that followed M because no or several teachers claimed them
     experts: dict  # the expert table, as `experts --json` prints it
     expert_split: str
     eval_rows: int
     warnings: list[str] = field(default_factory=list)
+    mean_weight: dict[str, float] = field(default_factory=dict)  # each teacher's mean weight over the training rows
 
 
 @dataclass
@@ -84,8 +85,13 @@ def write_report(run_dir: Path, report: RunReport, label_names: tuple[str, ...])
     lines += per_class_table(label_names, per_class)
     lines += ["", "## Median of per-class differences (student − teacher)", "", "| teacher | median diff |", "|---|---|"]
     lines += [f"| {t} | {d:+.4f} |" if d is not None else f"| {t} | – |" for t, d in report.median_diff.items()]
-    lines += ["", "## Who taught", "", "| teacher | followed (train rows) |", "|---|---|"]
-    lines += [f"| {t} | {n} |" for t, n in teaching.followed.items()]
+    lines += ["", "## Who taught", ""]
+    if teaching.followed is not None:
+        lines += ["| teacher | followed (train rows) |", "|---|---|"]
+        lines += [f"| {t} | {n} |" for t, n in teaching.followed.items()]
+    else:
+        lines += ["| teacher | mean weight (train rows) |", "|---|---|"]
+        lines += [f"| {t} | {w:.3f} |" for t, w in teaching.mean_weight.items()]
     if teaching.fallbacks is not None:
         lines += ["", f"`expert` fell back to M on {teaching.fallbacks} rows."]
     if teaching.warnings:

@@ -26,7 +26,8 @@ from mtkd_cache.distillation.students import load_saved_student
 from mtkd_cache.distillation.training import TrainConfig
 from mtkd_cache.report.evaluation import compute_metrics
 
-ALL_STRATEGIES = ("expert", "average", "random", "best", "camkd", "mtbert", "noisy", "expert-soft")
+ALL_STRATEGIES = ("expert", "average", "random", "best", "camkd", "mtbert", "noisy", "expert-soft", "expert-gold",
+                  "correct", "none")
 REPORT_KEYS = {"accuracy", "macro_f1", "mcc", "per_class_accuracy", "median_diff", "followed", "fallbacks",
                "confusion_matrix"}
 def student_specs(assets, hf_checkpoint: Path) -> dict[str, tuple[str, str | None]]:
@@ -121,7 +122,7 @@ def check_run(result, cache_dir: Path, epochs: int, strategy: str) -> dict:
     assert config["strategy"] == strategy and config["teachers"] == list(TEACHERS) and config["fingerprint"]
 
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == list(range(epochs))
+    assert [h["epoch"] for h in history] == list(range(1, epochs + 1))  # counted from 1, as on screen
     assert all(math.isfinite(h["train_loss"]) and 0 <= h["selection_score"] <= 1 for h in history)
 
     saved = json.loads((run_dir / "report.json").read_text())
@@ -151,13 +152,22 @@ def check_run(result, cache_dir: Path, epochs: int, strategy: str) -> dict:
         assert saved["median_diff"][teacher] == pytest.approx(statistics.median(differences), abs=1e-12)
 
     train_rows = len(cache.inputs("train").labels)
+    assert set(saved["mean_weight"]) == set(TEACHERS)
+    if strategy in ("average", "camkd", "mtbert", "expert-soft", "correct", "none"):  # mixtures: no "followed"
+        assert saved["followed"] is None
+        if strategy == "average":
+            assert saved["mean_weight"] == pytest.approx({t: 1 / len(TEACHERS) for t in TEACHERS})
+        if strategy == "none":
+            assert set(saved["mean_weight"].values()) == {0.0} and config["alpha"] == 1.0
+        return saved
     assert set(saved["followed"]) == set(TEACHERS) and sum(saved["followed"].values()) == train_rows
+    assert saved["mean_weight"] == pytest.approx({t: n / train_rows for t, n in saved["followed"].items()})
     if strategy == "expert":
         chosen, fallbacks = ref_expert_choice(cache.teacher_outputs("train").preds, saved["experts"]["experts"],
                                               saved["experts"]["fallback"])
         assert saved["fallbacks"] == fallbacks
         assert saved["followed"] == {t: chosen.count(t) for t in TEACHERS}
-    else:
+    elif strategy != "expert-gold":
         assert saved["fallbacks"] is None
     if strategy in ("best", "noisy"):
         assert saved["followed"][saved["experts"]["fallback"]] == train_rows
@@ -194,7 +204,8 @@ def test_every_strategy_distils_and_reports_from_the_cache_alone(env, runs, stra
     result = strategy_run(runs, strategy)
     check_run(result, env["cache"], epochs=1, strategy=strategy)
     assert result.train.best_epoch == 0 and not result.train.stopped_early
-    assert any("leak" in w for w in result.warnings) == (strategy in ("expert", "best", "noisy", "expert-soft"))
+    assert any("leak" in w for w in result.warnings) == (strategy in ("expert", "best", "noisy", "expert-soft",
+                                                                      "expert-gold", "correct"))
 
 
 @pytest.mark.parametrize("kind", ["bert", "bilstm", "hf"])

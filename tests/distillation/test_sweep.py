@@ -84,6 +84,29 @@ def test_grid_is_the_product_of_its_axes_with_every_k_combination(env, tmp_path)
     assert {(r.config.train.epochs, r.config.student, r.config.expert_split) for r in runs} == {(1, STUDENT, "validation")}
 
 
+def test_the_no_teacher_floor_is_one_run_per_seed_and_subset_whatever_alpha_and_t(env, tmp_path):
+    grid = SweepGrid(strategies=("expert", "none"), alphas=(0.3, 0.7), temperatures=(1.0, 4.0), seeds=(0, 1))
+    runs = expand_grid(SweepConfig(base_config(env, tmp_path), grid), TEACHERS)
+    floors = [r for r in runs if r.config.strategy.name == "none"]
+    assert len(runs) == 2 * 2 * 2 + 2 and [r.name for r in floors] == ["none-s0-a+b+c", "none-s1-a+b+c"]
+    assert {(r.config.alpha, r.config.temperature) for r in floors} == {(1.0, 1.0)}
+    # same seed, same schedule as the distilled runs: the paired comparison is over seeds
+    expert = next(r for r in runs if r.config.strategy.name == "expert" and r.config.train.seed == 1)
+    assert floors[1].config.train == expert.config.train and floors[1].config.student == expert.config.student
+
+
+def test_strategy_options_reach_every_run_from_a_file(env, tmp_path):
+    options = {"cache": env["cache"], "student": STUDENT, "out": tmp_path, "strategy": ["expert-gold", "correct"],
+               "unlabeled": "claim-accuracy", "correct_fallback": "gold", "expert_confidence": 0.9, "calibrate": True}
+    config = sweep_config_from_options(options)
+    strategy = config.base.strategy
+    assert (strategy.unlabeled, strategy.correct_fallback, strategy.expert_confidence, strategy.calibrate) == (
+        "claim-accuracy", "gold", 0.9, True)
+    assert {r.config.strategy.calibrate for r in expand_grid(config, TEACHERS)} == {True}
+    with pytest.raises(ConfigError, match="calibrate: 'yes' is not true or false"):
+        sweep_config_from_options({**options, "calibrate": "yes"})
+
+
 def test_subsets_are_drawn_from_the_given_pool_and_default_to_the_whole_pool(env, tmp_path):
     whole = expand_grid(SweepConfig(base_config(env, tmp_path)), TEACHERS)
     assert [r.config.teachers for r in whole] == [("a", "b", "c")]
@@ -196,7 +219,7 @@ def test_a_killed_sweep_resumes_and_ends_like_an_uninterrupted_one(env, tmp_path
     assert resumed.exit_code == 0, resumed.output
     assert "3 run(s) trained, 1 finished earlier and skipped, of 4 planned" in resumed.output
     history = [json.loads(line) for line in (runs[1] / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [0, 1]  # resumed at epoch 1, not restarted
+    assert [h["epoch"] for h in history] == [1, 2]  # resumed at epoch 2, not restarted
 
     assert runner.invoke(app, _sweep_args(env, straight)).exit_code == 0
     columns = ["run", "accuracy", "macro_f1", "mcc", "best_epoch"]
@@ -292,7 +315,7 @@ def test_cli_sweep_from_a_file_with_flags_overriding_it(env, tmp_path):
     board = pl.read_parquet(tmp_path / "out" / "leaderboard.parquet")
     assert sorted(board["strategy"].to_list()) == ["best", "expert"] and set(board["seed"]) == {5}
     assert board["macro_f1"].to_list() == sorted(board["macro_f1"].to_list(), reverse=True)
-    assert all(h["epoch"] == 0 for run in (tmp_path / "out" / RUNS_DIR).iterdir()
+    assert all(h["epoch"] == 1 for run in (tmp_path / "out" / RUNS_DIR).iterdir()
                for h in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()))
     assert "leaderboard" in result.output and "sweep / loops" in result.output
 

@@ -69,7 +69,7 @@ def test_two_stage_run_records_both_stages_and_starts_stage_two_from_stage_one(e
     assert report["stage1"]["rows"] == 120 and len(report["stage1"]["history"]) == 2 and len(report["history"]) == 1
     assert report["train_seconds"] == pytest.approx(report["stage1"]["train_seconds"] + result.train.train_seconds)
     lines = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert [(line["stage"], line["epoch"]) for line in lines] == [(1, 0), (1, 1), (2, 0)]
+    assert [(line["stage"], line["epoch"]) for line in lines] == [(1, 1), (1, 2), (2, 1)]
     assert (tmp_path / "two" / "stage1" / "checkpoint.pt").exists()
 
 
