@@ -19,6 +19,7 @@ from mtkd_cache.atomic import write_atomically
 from mtkd_cache.choices import Choice
 from mtkd_cache.layout import LEADERBOARD, LEADERBOARD_MD, ROBUSTNESS, ROBUSTNESS_PLOT
 from mtkd_cache.report.plots import plot_robustness
+from mtkd_cache.report.quality import FLOOR, quality_markdown, quality_table
 
 CONFIG = ["strategy", "alpha", "temperature"]
 
@@ -115,6 +116,11 @@ def write_leaderboard(out: Path, rows: list[RunRow], metric: str | Metric) -> pl
     lines += ["", f"## Robustness over teacher subsets of each size ({metric}, seeds included)", ""]
     lines += _markdown(over_subsets, scores)
     lines += ["", f"![score against number of teachers]({ROBUSTNESS_PLOT})", ""]
+    lines += ["", f"## Against the no-teacher floor and `average` ({metric}, paired by seed and teacher subset)", ""]
+    if FLOOR in frame["strategy"].to_list():
+        lines += quality_markdown(quality_table(frame, metric, CONFIG), metric) + [""]
+    else:
+        lines += ["Add `--strategy none` to the sweep for the floor and paired differences to it.", ""]
     write_atomically(out / LEADERBOARD_MD, "\n".join(lines), durable=False)
     plot_robustness(out / ROBUSTNESS_PLOT, over_subsets, metric, CONFIG)
     return frame

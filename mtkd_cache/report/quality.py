@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from mtkd_cache.report.leaderboard import CONFIG
-
 FLOOR = "none"
 AVERAGE = "average"
 
@@ -74,12 +72,12 @@ def _scores(frame: pl.DataFrame, metric: str) -> dict[tuple, float]:
     return {(row["seed"], row["teachers"]): row[metric] for row in frame.iter_rows(named=True)}
 
 
-def quality_table(frame: pl.DataFrame, metric: str) -> list[ConfigurationQuality]:
-    """Every configuration of a leaderboard frame (rows of RunRow), best mean first. Against `average`, the
-    `average` run of the same α and T is the reference (none: no comparison)."""
+def quality_table(frame: pl.DataFrame, metric: str, config_columns: list[str]) -> list[ConfigurationQuality]:
+    """Every configuration (strategy, α, T: `config_columns`) of a leaderboard frame, best mean first.
+    Against `average`, the `average` runs of the same α and T are the reference (none: no comparison)."""
     floor = _scores(frame.filter(pl.col("strategy") == FLOOR), metric)
     result = []
-    for (strategy, alpha, temperature), group in frame.group_by(CONFIG, maintain_order=True):
+    for (strategy, alpha, temperature), group in frame.group_by(config_columns, maintain_order=True):
         scores = _scores(group, metric)
         average = frame.filter((pl.col("strategy") == AVERAGE) & (pl.col("alpha") == alpha)
                                & (pl.col("temperature") == temperature))

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.manifests import write_tiny_cache
 from helpers.strategy_inputs import SHAPES, Cache, assert_weights, make_cache, one_hot, ref_expert, run
+from mtkd_cache.distillation.configs import DistillConfig
 from mtkd_cache.distillation.experts import (
     beta_cdf,
     beta_quantile,
@@ -17,6 +19,7 @@ from mtkd_cache.distillation.experts import (
     fit_temperatures,
     probability_greater,
 )
+from mtkd_cache.distillation.session import PreparedCache
 from mtkd_cache.distillation.strategies import Combine, Strategy, StrategyConfig
 from mtkd_cache.errors import ConfigError
 
@@ -108,8 +111,6 @@ def test_expert_gold_follows_the_gold_class_expert_even_when_it_predicts_wrong()
 
 
 def test_none_has_zero_weights_and_forces_alpha_one():
-    from mtkd_cache.distillation.configs import DistillConfig
-
     c = make_cache(3, 4, seed=4)
     signal = run("none", c)
     assert signal.combine is Combine.LOSSES and not signal.weights.any()
@@ -205,10 +206,6 @@ def test_calibration_recovers_a_known_temperature_per_teacher():
 # ---------------------------------------------------------------- through the cache (PreparedCache)
 
 def test_calibrated_signals_divide_each_teachers_logits_by_its_fitted_temperature(tmp_path):
-    from helpers.manifests import write_tiny_cache
-
-    from mtkd_cache.distillation.session import PreparedCache
-
     write_tiny_cache(tmp_path / "c", splits={"train": 10, "validation": 12}, teachers=("t1", "t2"))
     prepared = PreparedCache(tmp_path / "c")
     plain = prepared.signal(StrategyConfig("average"), ("t1", "t2"), "train", "validation", 0, 0)

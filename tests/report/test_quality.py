@@ -8,7 +8,8 @@ import statistics
 
 import pytest
 
-from mtkd_cache.report.leaderboard import RunRow, leaderboard_frame
+from mtkd_cache.layout import LEADERBOARD_MD
+from mtkd_cache.report.leaderboard import RunRow, leaderboard_frame, write_leaderboard
 from mtkd_cache.report.quality import paired_difference, quality_markdown, quality_table, sign_flip_p_value
 
 
@@ -49,7 +50,7 @@ def test_paired_differences_pair_by_seed_and_subset_only():
 
 
 def test_the_quality_table_from_a_fixed_leaderboard():
-    table = {q.strategy: q for q in quality_table(frame(), "accuracy")}
+    table = {q.strategy: q for q in quality_table(frame(), "accuracy", ["strategy", "alpha", "temperature"])}
     assert list(table) == ["expert", "average", "none"]  # best mean first
     expert = table["expert"]
     assert (expert.runs, expert.mean, expert.sd) == (5, pytest.approx(statistics.fmean(EXPERT)),
@@ -64,3 +65,12 @@ def test_the_quality_table_from_a_fixed_leaderboard():
     assert table["none"].versus_floor is None and table["average"].versus_average is None
     lines = quality_markdown(list(table.values()), "accuracy")
     assert lines[2].startswith("| expert | 0.5 | 2 | 5 | ") and "✓" in lines[2] and "p=0.062" in lines[2]
+
+
+def test_the_leaderboard_carries_the_paired_table_when_the_floor_ran(tmp_path):
+    rows = [row("none", s, a, alpha=1.0) for s, a in enumerate(FLOOR)] + [row("expert", s, a) for s, a in enumerate(EXPERT)]
+    write_leaderboard(tmp_path, rows, "accuracy")
+    text = (tmp_path / LEADERBOARD_MD).read_text()
+    assert "Against the no-teacher floor" in text and "| expert | 0.5 | 2 | 5 |" in text and "✓" in text
+    write_leaderboard(tmp_path, rows[5:], "accuracy")
+    assert "Add `--strategy none`" in (tmp_path / LEADERBOARD_MD).read_text()
