@@ -1,0 +1,261 @@
+"""The causal-LM backend: a zero- or few-shot language model as a teacher (`--backend causal-lm`).
+
+Class logit c = log P(verbalizer_c | prompt), read from an `AutoModelForCausalLM` checkpoint:
+  first-token  one forward pass over the prompt; the next-token log-softmax at its last position gives all
+               K (the verbalizers' first tokens are distinct).
+  sequence     the same pass with `use_cache`, then the K continuations at once: the prompt's KV cache is
+               repeated K times and each verbalizer's remaining tokens run against it in one batch; the
+               class logit is the sum of its tokens' log-probabilities.
+Optional contextual calibration subtracts the class log-probabilities (normalized over the K classes) of
+the content-free input 'N/A' in the same prompt: a constant per class, recorded as such.
+
+Prompts are left-padded, with explicit position ids (a padded row's positions start at 0 where its tokens
+start), so a row's logits do not depend on the rows batched with it. Only the last position's logits are
+computed (`logits_to_keep=1`): a vocabulary-sized row per text, never per token.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+
+from mtkd_cache.data.batching import TokenizedRows
+from mtkd_cache.errors import ConfigError, TeacherError
+from mtkd_cache.hashing import sha256_files
+from mtkd_cache.runners.model_files import TOKENIZER_FILES, weight_files
+from mtkd_cache.runners.prompts import CONTENT_FREE_TEXT, Prompt, PromptConfig, Scoring, continuation_ids, load_prompt
+from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, local_files, read_model_config
+from mtkd_cache.runners.torch_runner import _load_model, _load_problem, check_position_limit
+
+_TOKENIZE_CHUNK = 1024
+
+
+def is_causal_lm_checkpoint(directory: Path) -> bool:
+    """True when a checkpoint's config names only *ForCausalLM architectures (detection for --backend torch)."""
+    path = directory / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        architectures = json.loads(path.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(architectures) and all(str(a).endswith("ForCausalLM") for a in architectures)
+
+
+def resolve_causal_lm(spec: TeacherSpec, task, prompt_config: PromptConfig, directory: Path | None = None,
+                      revision: str | None = None) -> ResolvedTeacher:
+    """A causal-LM teacher's files, identity, prompt and scoring mode (the tokenizer is loaded; the model not)."""
+    if directory is None:
+        directory, revision = local_files(spec)
+    if spec.label_map:
+        raise ConfigError(f"teacher '{spec.name}': a causal-LM teacher is scored on the dataset's labels through "
+                          "--verbalizers; drop its --label-map.")
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise TeacherError(f"teacher '{spec.name}': {directory} has no config.json; is it a save_pretrained directory?")
+    read_model_config(config_path, spec.name)
+    weights = weight_files(directory)
+    if not weights:
+        raise TeacherError(f"teacher '{spec.name}': {directory} has no weights (*.safetensors or *.bin).")
+    tokenizer_files = [f for f in TOKENIZER_FILES if (directory / f).exists()]
+    if not tokenizer_files:
+        raise TeacherError(f"teacher '{spec.name}': {directory} has no tokenizer files; save the tokenizer beside the model.")
+    tokenizer = load_tokenizer(spec.name, directory)
+    has_pairs = any(split.text_pairs is not None for split in task.splits.values())
+    prompt = load_prompt(prompt_config, task.label_names, task.splits, has_pairs, "causal-lm", tokenizer)
+    suffix = prompt.pieces(prompt.shots_for("", None), has_pairs).suffix
+    continuations = continuation_ids(tokenizer, suffix, prompt.verbalizers)
+    scoring = resolve_scoring(spec.name, prompt_config.scoring, continuations, prompt.verbalizers)
+    labels = tuple(task.label_names)
+    return ResolvedTeacher(
+        spec=spec, directory=directory, revision=revision,
+        weights_sha256=sha256_files(directory, ["config.json", *weights]),
+        tokenizer_sha256=sha256_files(directory, tokenizer_files),
+        model_label_names=labels, label_mapping=tuple(range(len(labels))),
+        backend="causal-lm", prompt=prompt, scoring=scoring.value,
+    )
+
+
+def load_tokenizer(name: str, directory: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError, KeyError) as error:
+        raise TeacherError(f"teacher '{name}': cannot load the tokenizer in {directory} ({_load_problem(error)}).") from error
+    if not tokenizer.is_fast:
+        raise TeacherError(f"teacher '{name}': the causal-LM backend needs a fast tokenizer (tokenizer.json) to cut "
+                           "long texts without cutting the prompt; save one with the model.")
+    return tokenizer
+
+
+def resolve_scoring(name: str, asked: Scoring, continuations: list[list[int]], words: tuple[str, ...]) -> Scoring:
+    """first-token when the verbalizers' first tokens are distinct (asked or auto), else sequence."""
+    as_tuples = [tuple(ids) for ids in continuations]
+    if len(set(as_tuples)) < len(as_tuples):
+        same = [w for w, ids in zip(words, as_tuples) if as_tuples.count(ids) > 1]
+        raise ConfigError(f"teacher '{name}': verbalizers {', '.join(same)} tokenize to the same tokens, so the model "
+                          "cannot tell those classes apart; give them other words with --verbalizers.")
+    firsts = [ids[0] for ids in continuations]
+    distinct = len(set(firsts)) == len(firsts)
+    if asked is Scoring.FIRST_TOKEN and not distinct:
+        clash = [w for w, first in zip(words, firsts) if firsts.count(first) > 1]
+        raise ConfigError(f"teacher '{name}': --scoring first-token needs verbalizers with distinct first tokens, and "
+                          f"{', '.join(clash)} start with the same token; use --scoring sequence (or auto).")
+    if asked is Scoring.AUTO:
+        return Scoring.FIRST_TOKEN if distinct else Scoring.SEQUENCE
+    return asked
+
+
+class CausalLMTeacher:
+    """A causal LM scoring verbalizers (a `TeacherRunner` that also renders its own prompts: `prepare`)."""
+
+    def __init__(self, resolved: ResolvedTeacher, device: torch.device, dtype: torch.dtype, max_length: int):
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        self.name = resolved.spec.name
+        self.device = device
+        self.prompt: Prompt = resolved.prompt
+        self.max_length = max_length
+        self.tokenizer = load_tokenizer(self.name, resolved.directory)
+        try:
+            self.model = _load_model(AutoModelForCausalLM, resolved.directory, dtype)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+            raise TeacherError(f"teacher '{self.name}': cannot load {resolved.directory} "
+                               f"({_load_problem(error)}); re-save the model with save_pretrained.") from error
+        check_position_limit(self.name, self.model, max_length)
+        self.model.to(device).eval()
+        self.attn_implementation = getattr(self.model.config, "_attn_implementation", None) or "eager"
+        self.providers: list[str] = []
+        self.pad_left = True  # the last position is the last column, for every row
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        self.sequence = resolved.scoring == Scoring.SEQUENCE.value
+        # transformers 5 renamed `past_key_values` to `cache` (inputs and outputs); older versions know only the first.
+        self._cache_name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self.has_pairs = None  # known once a split is prepared
+        self._continuations: list[list[int]] | None = None
+        self._calibration: np.ndarray | None = None
+
+    # --- prompts to tokens --------------------------------------------------------------------------------
+
+    def prepare(self, split: str, texts: list[str], pairs: list[str] | None, max_length: int) -> TokenizedRows:
+        """Each row's prompt, tokenized; a prompt over max_length loses tokens from the end of its text (and
+        pair), never from the instruction, the shots or the answer cue."""
+        pieces_by_shots = {}
+        ids_chunks, lengths, truncated = [], [], 0
+        for start in range(0, len(texts), _TOKENIZE_CHUNK):
+            fulls, spans = [], []
+            for offset, text in enumerate(texts[start:start + _TOKENIZE_CHUNK]):
+                row = start + offset
+                pair = pairs[row] if pairs is not None else None
+                shots = self.prompt.shots_for(split, row)
+                key = tuple(s.sample_id for s in shots)
+                if key not in pieces_by_shots:
+                    pieces_by_shots[key] = self.prompt.pieces(shots, pair is not None)
+                full, row_spans = pieces_by_shots[key].join(text, pair)
+                fulls.append(full)
+                spans.append(row_spans)
+            encoded = self.tokenizer(fulls, add_special_tokens=self.prompt.chat_tokenizer is None,
+                                     return_offsets_mapping=True)
+            for ids, offsets, row_spans in zip(encoded["input_ids"], encoded["offset_mapping"], spans):
+                kept = _truncate_text(ids, offsets, row_spans, max_length, self.name)
+                truncated += len(kept) < len(ids)
+                ids_chunks.append(np.asarray(kept, dtype=np.int32))
+                lengths.append(len(kept))
+        self._prepare_continuations(pairs is not None)
+        offsets_array = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets_array[1:])
+        ids = np.concatenate(ids_chunks) if ids_chunks else np.zeros(0, np.int32)
+        return TokenizedRows(ids=ids, type_ids=None, offsets=offsets_array, truncated_rows=truncated)
+
+    def _prepare_continuations(self, has_pairs: bool) -> None:
+        if self._continuations is not None and self.has_pairs == has_pairs:
+            return
+        self.has_pairs = has_pairs
+        suffix = self.prompt.pieces(self.prompt.shots_for("", None), has_pairs).suffix
+        self._continuations = continuation_ids(self.tokenizer, suffix, self.prompt.verbalizers)
+        self._calibration = None
+        if self.prompt.calibrate:
+            self._calibration = self._content_free(has_pairs)
+
+    def _content_free(self, has_pairs: bool) -> np.ndarray:
+        """log-softmax over the K classes of the content-free input's class scores."""
+        pair = CONTENT_FREE_TEXT if has_pairs else None
+        full = self.prompt.render(CONTENT_FREE_TEXT, pair)
+        ids = self.tokenizer(full, add_special_tokens=self.prompt.chat_tokenizer is None)["input_ids"]
+        batch = {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+        raw = self._scores(batch)[0].astype(np.float64)
+        return (raw - np.logaddexp.reduce(raw)).astype(np.float32)
+
+    # --- tokens to class logits ---------------------------------------------------------------------------
+
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """float32 class logits [rows, K] (dataset label order) for one left-padded batch."""
+        scores = self._scores(batch)
+        return scores - self._calibration if self._calibration is not None else scores
+
+    @torch.inference_mode()
+    def _scores(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        input_ids = torch.from_numpy(batch["input_ids"]).to(self.device)
+        mask = torch.from_numpy(batch["attention_mask"]).to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                            use_cache=self.sequence, logits_to_keep=1)
+        first = torch.log_softmax(output.logits[:, -1].float(), dim=-1)  # [B, V]
+        firsts = torch.tensor([ids[0] for ids in self._continuations], device=self.device)
+        scores = first[:, firsts]  # [B, K]
+        if self.sequence and max(len(ids) for ids in self._continuations) > 1:
+            scores = scores + self._rest_of_sequences(getattr(output, self._cache_name), mask, positions[:, -1])
+        return scores.cpu().numpy()
+
+    def _rest_of_sequences(self, cache, mask: torch.Tensor, last_position: torch.Tensor) -> torch.Tensor:
+        """Sum over tokens 2.. of each verbalizer of their log-probabilities, all K continuations in one batch
+        against the prompt's KV cache repeated K times. [B, K]"""
+        k = len(self._continuations)
+        rows = mask.shape[0]
+        width = max(len(ids) for ids in self._continuations)
+        tokens = torch.full((k, width), self.pad_id, dtype=torch.long, device=self.device)
+        valid = torch.zeros((k, width), dtype=torch.bool, device=self.device)
+        for c, ids in enumerate(self._continuations):
+            tokens[c, :len(ids)] = torch.tensor(ids, device=self.device)
+            valid[c, :len(ids)] = True
+        cache.batch_repeat_interleave(k)
+        steps = width - 1  # the last token is only predicted, never fed
+        inputs = tokens[:, :steps].repeat(rows, 1)  # row-major: row b's K continuations are b*K .. b*K+K-1
+        attention = torch.cat([mask.repeat_interleave(k, dim=0),
+                               torch.ones((rows * k, steps), dtype=mask.dtype, device=self.device)], dim=1)
+        positions = last_position.repeat_interleave(k)[:, None] + 1 + torch.arange(steps, device=self.device)
+        output = self.model(input_ids=inputs, attention_mask=attention, position_ids=positions,
+                            use_cache=True, **{self._cache_name: cache})
+        log_probs = torch.log_softmax(output.logits.float(), dim=-1)  # [B*K, steps, V]
+        targets = tokens[:, 1:].repeat(rows, 1)
+        picked = log_probs.gather(-1, targets[..., None])[..., 0]
+        picked = picked * valid[:, 1:].repeat(rows, 1)
+        return picked.sum(-1).view(rows, k)
+
+
+def _truncate_text(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]], max_length: int,
+                   name: str) -> list[int]:
+    """Drop `len(ids) - max_length` tokens from the ends of the text spans, longest span first."""
+    excess = len(ids) - max_length
+    if excess <= 0:
+        return ids
+    inside = [[i for i, (a, b) in enumerate(offsets) if b > a and a >= lo and b <= hi] for lo, hi in spans]
+    if sum(len(tokens) for tokens in inside) < excess:
+        fixed = len(ids) - sum(len(tokens) for tokens in inside)
+        raise ConfigError(f"teacher '{name}': the prompt without the text is {fixed} tokens, which leaves no room under "
+                          f"--max-length {max_length}; raise --max-length or use fewer --shots.")
+    dropped: set[int] = set()
+    for _ in range(excess):
+        longest = max(inside, key=len)
+        dropped.add(longest.pop())
+    return [token for i, token in enumerate(ids) if i not in dropped]
