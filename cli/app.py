@@ -168,6 +168,7 @@ def demo(
 from . import (  # noqa: E402,F401 - register their commands on `app`
     augment_commands,
     distill_commands,
+    import_commands,
     model_commands,  # noqa: E402,F401 - export, predict
     sharing_commands,
     sweep_commands,

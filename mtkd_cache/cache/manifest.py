@@ -332,6 +332,7 @@ _TEACHER_TYPES = {"name": str, "source": str, "backend": str, "revision": (str, 
 _DATASET_TYPES = {"source": str, "config_name": (str, type(None)), "text_column": str,
                   "text_pair_column": (str, type(None)), "label_column": str, "fingerprint": str, "text_policy": str,
                   "duplicate_policy": str}
+_UNTOKENIZED_BACKENDS = ("imported", "openai")
 _NAME_PATTERN = re.compile(rf"^{NAME}$")
 _SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 _LOGITS_DTYPES = tuple(choice.value for choice in LogitsDType)
@@ -403,7 +404,9 @@ def _validate_teacher(name: str, teacher: TeacherRecord, manifest: Manifest) -> 
     where = f"teachers.{name}"
     _validate_name(name, f"teachers key {name!r}")
     _require(teacher.name == name, f"{where}.name", teacher.name, f"the teacher's key, {name!r}")
-    _require(1 <= teacher.max_length <= MAX_ROWS, f"{where}.max_length", teacher.max_length, "a positive integer")
+    # 0 where no length limit applies: an imported teacher, an endpoint that sees whole prompts.
+    lowest = 0 if teacher.backend in _UNTOKENIZED_BACKENDS else 1
+    _require(lowest <= teacher.max_length <= MAX_ROWS, f"{where}.max_length", teacher.max_length, "a positive integer")
     for position, label in enumerate(teacher.model_label_names):
         _require(isinstance(label, str) and label, f"{where}.model_label_names[{position}]", label, "a non-empty string")
     classes = len(teacher.model_label_names)
