@@ -279,7 +279,8 @@ def _teacher_record(teacher: ResolvedTeacher, runner: RunnerConfig, dtype: torch
         name=teacher.spec.name, source=teacher.spec.source, backend=teacher.backend or runner.backend.value,
         revision=teacher.revision, weights_sha256=teacher.weights_sha256, tokenizer_sha256=teacher.tokenizer_sha256,
         dtype="server" if remote else teacher.file_dtype or dtype_name(dtype),
-        max_length=runner.max_length, model_label_names=list(teacher.model_label_names),
+        max_length=0 if remote else runner.max_length,  # an endpoint sees whole prompts
+        model_label_names=list(teacher.model_label_names),
         label_mapping=list(teacher.label_mapping), device="endpoint" if remote else device.type,
     )
     if teacher.prompt is not None:

@@ -164,12 +164,21 @@ class Prompt:
         return PromptPieces(prefix, middle, suffix)
 
     def _render_chat(self, shots: tuple[Shot, ...], query: str) -> str:
+        messages = self._messages(shots, query)
+        return self.chat_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _messages(self, shots: tuple[Shot, ...], query: str) -> list[dict[str, str]]:
+        """A shot is a user turn (the filled template) answered by an assistant turn (its verbalizer)."""
         messages = []
         for shot in shots:
             messages.append({"role": "user", "content": _fill(self.template, shot.text, shot.text_pair)})
             messages.append({"role": "assistant", "content": self.verbalizers[shot.label]})
         messages.append({"role": "user", "content": query})
-        return self.chat_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return messages
+
+    def messages(self, text: str, pair: str | None, split: str = "", sample_id: int | None = None) -> list[dict]:
+        """One row's prompt as chat messages (what a chat endpoint renders with its own template)."""
+        return self._messages(self.shots_for(split, sample_id), _fill(self.template, text, pair))
 
     def render(self, text: str, pair: str | None, split: str = "", sample_id: int | None = None) -> str:
         """One row's whole prompt string (what a direct computation or an endpoint sees)."""
