@@ -102,7 +102,11 @@ class EndpointClient:
     """JSON calls to one endpoint with bounded retries; errors name the URL and status, never the key."""
 
     def __init__(self, name: str, endpoint: Endpoint):
-        import httpx
+        try:
+            import httpx
+        except ImportError:
+            raise ConfigError("--backend openai needs the Python package httpx; install the package's openai extra "
+                              "(pip install 'mtkd-cache[openai]').") from None
 
         self.httpx = httpx
         self.name = name
