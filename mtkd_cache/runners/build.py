@@ -387,6 +387,9 @@ def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: Sha
                     report.shards_written += 1
                     report.rows_computed[name] = report.rows_computed.get(name, 0) + end - start
             committer.wait()
+            close = getattr(runner, "close", None)  # an endpoint's connection pool
+            if close is not None:
+                close()
             del runner
             if device.type == "cuda":
                 torch.cuda.empty_cache()

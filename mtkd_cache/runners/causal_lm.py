@@ -28,7 +28,15 @@ from mtkd_cache.data.batching import TokenizedRows
 from mtkd_cache.errors import ConfigError, TeacherError
 from mtkd_cache.hashing import sha256_files
 from mtkd_cache.runners.model_files import TOKENIZER_FILES, weight_files
-from mtkd_cache.runners.prompts import CONTENT_FREE_TEXT, Prompt, PromptConfig, Scoring, continuation_ids, load_prompt
+from mtkd_cache.runners.prompts import (
+    CONTENT_FREE_TEXT,
+    PAIR_SLOT,
+    Prompt,
+    PromptConfig,
+    Scoring,
+    continuation_ids,
+    load_prompt,
+)
 from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, local_files, read_model_config
 from mtkd_cache.runners.torch_runner import _load_model, _load_problem, check_position_limit
 
@@ -141,9 +149,12 @@ class CausalLMTeacher:
         self.sequence = resolved.scoring == Scoring.SEQUENCE.value
         # transformers 5 renamed `past_key_values` to `cache` (inputs and outputs); older versions know only the first.
         self._cache_name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-        self.has_pairs = None  # known once a split is prepared
-        self._continuations: list[list[int]] | None = None
-        self._calibration: np.ndarray | None = None
+        # Known from the prompt alone, so a teacher that shares another's prepared rows (same tokenizer and
+        # prompt: build prepares a split once per group) is ready without preparing any.
+        has_pairs = PAIR_SLOT in self.prompt.template
+        suffix = self.prompt.pieces(self.prompt.shots_for("", None), has_pairs).suffix
+        self._continuations = continuation_ids(self.tokenizer, suffix, self.prompt.verbalizers)
+        self._calibration: np.ndarray | None = self._content_free(has_pairs) if self.prompt.calibrate else None
 
     # --- prompts to tokens --------------------------------------------------------------------------------
 
@@ -171,21 +182,10 @@ class CausalLMTeacher:
                 truncated += len(kept) < len(ids)
                 ids_chunks.append(np.asarray(kept, dtype=np.int32))
                 lengths.append(len(kept))
-        self._prepare_continuations(pairs is not None)
         offsets_array = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets_array[1:])
         ids = np.concatenate(ids_chunks) if ids_chunks else np.zeros(0, np.int32)
         return TokenizedRows(ids=ids, type_ids=None, offsets=offsets_array, truncated_rows=truncated)
-
-    def _prepare_continuations(self, has_pairs: bool) -> None:
-        if self._continuations is not None and self.has_pairs == has_pairs:
-            return
-        self.has_pairs = has_pairs
-        suffix = self.prompt.pieces(self.prompt.shots_for("", None), has_pairs).suffix
-        self._continuations = continuation_ids(self.tokenizer, suffix, self.prompt.verbalizers)
-        self._calibration = None
-        if self.prompt.calibrate:
-            self._calibration = self._content_free(has_pairs)
 
     def _content_free(self, has_pairs: bool) -> np.ndarray:
         """log-softmax over the K classes of the content-free input's class scores."""

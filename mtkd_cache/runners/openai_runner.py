@@ -299,6 +299,9 @@ class EndpointTeacher:
         self._reports: dict = {}
         self._words = [_first_word(w) for w in self.prompt.verbalizers]
 
+    def close(self) -> None:
+        self.client.close()
+
     def prepare(self, split: str, texts: list[str], pairs: list[str] | None, max_length: int) -> RenderedRows:
         return RenderedRows(split, texts, pairs)
 

@@ -181,3 +181,24 @@ def test_cli_build_and_info_json_show_what_was_scored(lm_assets, tmp_path):
     missing = cli.invoke(app, ["build", "--dataset", str(lm_assets["data"]), "--teacher", f"lm={lm_assets['gpt2']}",
                                "--out", str(tmp_path / "d"), "--backend", "causal-lm"])
     assert missing.exit_code == 2 and "needs --prompt FILE" in missing.output
+
+
+def test_two_causal_lms_with_one_tokenizer_and_prompt_share_the_prepared_rows(lm_assets, tmp_path, monkeypatch):
+    from mtkd_cache.runners.causal_lm import CausalLMTeacher
+
+    other = make_causal_lm(tmp_path / "other", "llama", seed=9)  # the same tokenizer files as lm_assets["llama"]
+    prepared = []
+    real_prepare = CausalLMTeacher.prepare
+    monkeypatch.setattr(CausalLMTeacher, "prepare", lambda self, *a: prepared.append(self.name) or real_prepare(self, *a))
+    words = parse_verbalizers(SHARED_FIRST_TOKEN)
+    both = _config(lm_assets, tmp_path / "both", "llama", verbalizers=words, calibrate=True)
+    both = BuildConfig(dataset=both.dataset, teachers=(*both.teachers, TeacherSpec("other", str(other))), out=both.out,
+                       runner=both.runner, shard_rows=8, prompt=both.prompt)
+    build_cache(both)
+    assert prepared == ["llama"] * 3  # one preparation per split for the group
+    alone = BuildConfig(dataset=both.dataset, teachers=(TeacherSpec("other", str(other)),), out=tmp_path / "alone",
+                        runner=both.runner, shard_rows=8, prompt=both.prompt)
+    build_cache(alone)
+    for split in ("train", "validation", "test"):
+        shared = open_cache(both.out).teacher_outputs(split, ["other"]).logits
+        assert np.array_equal(shared, open_cache(alone.out).teacher_outputs(split).logits)
