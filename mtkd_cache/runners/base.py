@@ -114,7 +114,7 @@ def make_runner(teacher: ResolvedTeacher, runner: RunnerConfig, device: torch.de
     if backend is Backend.CAUSAL_LM:
         from mtkd_cache.runners.causal_lm import CausalLMTeacher
 
-        return CausalLMTeacher(teacher, device, dtype, runner.max_length)
+        return CausalLMTeacher(teacher, device, dtype, runner.max_length, batch_tokens)
     if backend is Backend.OPENAI:
         from mtkd_cache.runners.openai_runner import EndpointTeacher
 

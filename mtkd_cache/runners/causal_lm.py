@@ -9,6 +9,8 @@ Class logit c = log P(verbalizer_c | prompt), read from an `AutoModelForCausalLM
 Optional contextual calibration subtracts the class log-probabilities (normalized over the K classes) of
 the content-free input 'N/A' in the same prompt: a constant per class, recorded as such.
 
+The prompt's start shared by every row of a shot set (instruction and shots, up to the text) runs once;
+its KV cache, repeated per row, is what each batch continues, so only a row's own tokens are computed.
 Prompts are left-padded, with explicit position ids (a padded row's positions start at 0 where its tokens
 start), so a row's logits do not depend on the rows batched with it. Only the last position's logits are
 computed (`logits_to_keep=1`): a vocabulary-sized row per text, never per token.
@@ -16,17 +18,21 @@ computed (`logits_to_keep=1`): a vocabulary-sized row per text, never per token.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from mtkd_cache.data.batching import TokenizedRows
+from mtkd_cache._faults import fault_point
+from mtkd_cache.data.batching import TokenizedRows, pad_rows, token_budget_batches
 from mtkd_cache.errors import ConfigError, TeacherError
 from mtkd_cache.hashing import sha256_files
+from mtkd_cache.progress import ProgressEvents
 from mtkd_cache.runners.model_files import TOKENIZER_FILES, weight_files
 from mtkd_cache.runners.prompts import (
     CONTENT_FREE_TEXT,
@@ -41,6 +47,21 @@ from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, local_file
 from mtkd_cache.runners.torch_runner import _load_model, _load_problem, check_position_limit
 
 _TOKENIZE_CHUNK = 1024
+NO_PREFIX = -1  # a row that does not start with its shot set's prefix tokens runs whole
+
+
+@dataclass
+class PromptRows:
+    """A split's prompts: per row the tokens after its shot set's shared prefix (`groups[row]` indexes
+    `prefixes`), or its whole prompt where the group is NO_PREFIX."""
+
+    tokens: TokenizedRows
+    groups: np.ndarray  # int64 [rows]
+    prefixes: list[np.ndarray]  # int64 token ids, one per shot set
+
+    @property
+    def truncated_rows(self) -> int:
+        return self.tokens.truncated_rows
 
 
 def is_causal_lm_checkpoint(directory: Path) -> bool:
@@ -123,7 +144,8 @@ def resolve_scoring(name: str, asked: Scoring, continuations: list[list[int]], w
 class CausalLMTeacher:
     """A causal LM scoring verbalizers (a `TeacherRunner` that also renders its own prompts: `prepare`)."""
 
-    def __init__(self, resolved: ResolvedTeacher, device: torch.device, dtype: torch.dtype, max_length: int):
+    def __init__(self, resolved: ResolvedTeacher, device: torch.device, dtype: torch.dtype, max_length: int,
+                 batch_tokens: int = 4096):
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
@@ -154,38 +176,65 @@ class CausalLMTeacher:
         has_pairs = PAIR_SLOT in self.prompt.template
         suffix = self.prompt.pieces(self.prompt.shots_for("", None), has_pairs).suffix
         self._continuations = continuation_ids(self.tokenizer, suffix, self.prompt.verbalizers)
+        self._pieces_cache: dict = {}
+        self._prefix_caches: dict = {}
+        self.batch_tokens = batch_tokens
         self._calibration: np.ndarray | None = self._content_free(has_pairs) if self.prompt.calibrate else None
 
     # --- prompts to tokens --------------------------------------------------------------------------------
 
-    def prepare(self, split: str, texts: list[str], pairs: list[str] | None, max_length: int) -> TokenizedRows:
+    def prepare(self, split: str, texts: list[str], pairs: list[str] | None, max_length: int) -> PromptRows:
         """Each row's prompt, tokenized; a prompt over max_length loses tokens from the end of its text (and
-        pair), never from the instruction, the shots or the answer cue."""
-        pieces_by_shots = {}
-        ids_chunks, lengths, truncated = [], [], 0
+        pair), never from the instruction, the shots or the answer cue. The tokens a row shares with its
+        shot set's prompt prefix are kept once (`PromptRows.prefixes`), the row holds the rest."""
+        pieces_by_shots: dict[tuple[int, ...], int] = {}  # shot set -> prefix index
+        prefixes: list[np.ndarray] = []
+        ids_chunks, lengths, groups, truncated = [], [], [], 0
+        special = set(self.tokenizer.all_special_ids)
         for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            fulls, spans = [], []
+            fulls, spans, row_groups = [], [], []
             for offset, text in enumerate(texts[start:start + _TOKENIZE_CHUNK]):
                 row = start + offset
                 pair = pairs[row] if pairs is not None else None
                 shots = self.prompt.shots_for(split, row)
                 key = tuple(s.sample_id for s in shots)
                 if key not in pieces_by_shots:
-                    pieces_by_shots[key] = self.prompt.pieces(shots, pair is not None)
-                full, row_spans = pieces_by_shots[key].join(text, pair)
+                    pieces_by_shots[key] = len(prefixes)
+                    prefixes.append(self._prefix_ids(self._pieces(shots, pair is not None).prefix, special))
+                full, row_spans = self._pieces(shots, pair is not None).join(text, pair)
                 fulls.append(full)
                 spans.append(row_spans)
+                row_groups.append(pieces_by_shots[key])
             encoded = self.tokenizer(fulls, add_special_tokens=self.prompt.chat_tokenizer is None,
                                      return_offsets_mapping=True)
-            for ids, offsets, row_spans in zip(encoded["input_ids"], encoded["offset_mapping"], spans):
+            for ids, offsets, row_spans, group in zip(encoded["input_ids"], encoded["offset_mapping"], spans, row_groups):
                 kept = _truncate_text(ids, offsets, row_spans, max_length, self.name)
                 truncated += len(kept) < len(ids)
-                ids_chunks.append(np.asarray(kept, dtype=np.int32))
-                lengths.append(len(kept))
+                prefix = prefixes[group]
+                shared = len(prefix) > 0 and len(kept) > len(prefix) and kept[:len(prefix)] == prefix.tolist()
+                ids_chunks.append(np.asarray(kept[len(prefix):] if shared else kept, dtype=np.int32))
+                lengths.append(len(ids_chunks[-1]))
+                groups.append(group if shared else NO_PREFIX)
         offsets_array = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets_array[1:])
         ids = np.concatenate(ids_chunks) if ids_chunks else np.zeros(0, np.int32)
-        return TokenizedRows(ids=ids, type_ids=None, offsets=offsets_array, truncated_rows=truncated)
+        tokens = TokenizedRows(ids=ids, type_ids=None, offsets=offsets_array, truncated_rows=truncated)
+        return PromptRows(tokens, np.asarray(groups, dtype=np.int64), prefixes)
+
+    def _pieces(self, shots, pair: bool):
+        key = (tuple(s.sample_id for s in shots), pair)
+        if key not in self._pieces_cache:
+            self._pieces_cache[key] = self.prompt.pieces(shots, pair)
+        return self._pieces_cache[key]
+
+    def _prefix_ids(self, prefix: str, special: set[int]) -> np.ndarray:
+        """The tokens every row of a shot set starts with: the prefix's own tokens without trailing special
+        tokens and without its last token (a tokenizer may merge that one with the text's first characters;
+        a row whose tokens do not start with these runs whole)."""
+        ids = self.tokenizer(prefix, add_special_tokens=self.prompt.chat_tokenizer is None)["input_ids"]
+        while ids and ids[-1] in special:
+            ids = ids[:-1]
+        return np.asarray(ids[:-1], dtype=np.int64)
 
     def _content_free(self, has_pairs: bool) -> np.ndarray:
         """log-softmax over the K classes of the content-free input's class scores."""
@@ -199,17 +248,52 @@ class CausalLMTeacher:
     # --- tokens to class logits ---------------------------------------------------------------------------
 
     def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """float32 class logits [rows, K] (dataset label order) for one left-padded batch."""
+        """float32 class logits [rows, K] (dataset label order) for one left-padded batch of whole prompts."""
         scores = self._scores(batch)
         return scores - self._calibration if self._calibration is not None else scores
 
+    def score_rows(self, rows: PromptRows, start: int, end: int, events: ProgressEvents) -> np.ndarray:
+        """float32 class logits [end - start, K]: per shot set, length-sorted batches under the token budget
+        (prefix included), each run against the set's prefix KV cache, computed once."""
+        out = np.empty((end - start, len(self._continuations)), dtype=np.float32)
+        span = np.arange(start, end)
+        for group in np.unique(rows.groups[start:end]):
+            members = span[rows.groups[start:end] == group]
+            prefix = rows.prefixes[group] if group != NO_PREFIX else None
+            extra = len(prefix) if prefix is not None else 0
+            for positions in token_budget_batches(rows.tokens.lengths[members] + extra, self.batch_tokens):
+                fault_point("teacher_batch")
+                chosen = members[positions]
+                batch = pad_rows(rows.tokens, chosen, self.pad_id, pad_left=True)
+                scores = self._scores(batch, prefix)
+                out[chosen - start] = scores - self._calibration if self._calibration is not None else scores
+                events.advance(len(chosen))
+        return out
+
     @torch.inference_mode()
-    def _scores(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def _prefix_cache(self, prefix: np.ndarray):
+        """The KV cache of a prefix (computed once per prefix and kept; copied for each batch)."""
+        key = prefix.tobytes()
+        if key not in self._prefix_caches:
+            ids = torch.from_numpy(prefix)[None].to(self.device)
+            output = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            self._prefix_caches[key] = getattr(output, self._cache_name)  # one row's KV per shot set: small
+        return self._prefix_caches[key]
+
+    @torch.inference_mode()
+    def _scores(self, batch: dict[str, np.ndarray], prefix: np.ndarray | None = None) -> np.ndarray:
         input_ids = torch.from_numpy(batch["input_ids"]).to(self.device)
         mask = torch.from_numpy(batch["attention_mask"]).to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = {}
+        if prefix is not None:  # the rows continue the prefix: its KV repeated per row, positions after it
+            shared = copy.deepcopy(self._prefix_cache(prefix))
+            shared.batch_repeat_interleave(input_ids.shape[0])
+            cache = {self._cache_name: shared}
+            positions = positions + len(prefix)
+            mask = torch.cat([torch.ones((mask.shape[0], len(prefix)), dtype=mask.dtype, device=self.device), mask], 1)
         output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                            use_cache=self.sequence, logits_to_keep=1)
+                            use_cache=self.sequence or prefix is not None, logits_to_keep=1, **cache)
         first = torch.log_softmax(output.logits[:, -1].float(), dim=-1)  # [B, V]
         firsts = torch.tensor([ids[0] for ids in self._continuations], device=self.device)
         scores = first[:, firsts]  # [B, K]

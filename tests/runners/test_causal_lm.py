@@ -151,9 +151,10 @@ def test_long_texts_lose_their_end_never_the_answer_cue(lm_assets, tmp_path):
     runner = CausalLMTeacher(resolve_causal_lm(config.teachers[0], _task(lm_assets), config.prompt),
                              torch.device("cpu"), torch.float32, 24)
     rows = runner.prepare("test", ["vote " * 100], None, 24)
-    tokenizer = runner.tokenizer
-    text = tokenizer.decode(rows.ids.tolist())
-    assert rows.lengths[0] == 24 and text.startswith("Classify") and text.endswith("Topic :")
+    prefix = rows.prefixes[rows.groups[0]].tolist()  # the shared prompt start, kept once for every row
+    whole = prefix + rows.tokens.ids.tolist()
+    text = runner.tokenizer.decode(whole)
+    assert len(whole) == 24 and text.startswith("Classify") and text.endswith("Topic :")
     with pytest.raises(ConfigError, match="leaves no room"):
         runner.prepare("test", ["vote"], None, 8)
 
@@ -202,3 +203,18 @@ def test_two_causal_lms_with_one_tokenizer_and_prompt_share_the_prepared_rows(lm
     for split in ("train", "validation", "test"):
         shared = open_cache(both.out).teacher_outputs(split, ["other"]).logits
         assert np.array_equal(shared, open_cache(alone.out).teacher_outputs(split).logits)
+
+
+def test_rows_of_a_shot_set_share_its_prefix_and_a_shot_row_has_its_own(lm_assets):
+    from mtkd_cache.runners.causal_lm import NO_PREFIX, CausalLMTeacher
+
+    resolved = resolve_causal_lm(TeacherSpec("gpt2", str(lm_assets["gpt2"])), _task(lm_assets),
+                                 PromptConfig(template=lm_assets["prompt"], shots=2))
+    runner = CausalLMTeacher(resolved, torch.device("cpu"), torch.float32, 512)
+    texts = _task(lm_assets).splits["train"].texts
+    rows = runner.prepare("train", texts, None, 512)
+    assert (rows.groups != NO_PREFIX).all()
+    main = rows.groups[[i for i in range(len(texts)) if i not in {s.sample_id for s in resolved.prompt.shots}][0]]
+    assert len(rows.prefixes[main]) > 20  # the instruction and both shots are computed once
+    for shot in resolved.prompt.shots[:2]:
+        assert rows.groups[shot.sample_id] != main  # its prompt shows the spare instead of itself

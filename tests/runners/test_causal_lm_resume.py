@@ -33,7 +33,8 @@ def test_sigkill_mid_teacher_then_resume_is_bit_identical(tmp_path):
                             prompt=PromptConfig(template=prompt, verbalizers=parse_verbalizers(SHARED_FIRST_TOKEN),
                                                 shots=2)))
     out = tmp_path / "killed"
-    env = {**subprocess_env("teacher_batch:4"), "OMP_NUM_THREADS": "1"}
+    # Killed at the 6th batch: past the second shard (so the first is committed), before the last one ends.
+    env = {**subprocess_env("teacher_batch:6"), "OMP_NUM_THREADS": "1"}
     killed = subprocess.run(_argv(data, teacher, prompt, out), env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     committed = {p for p in listed_paths(out) if p.startswith("outputs/")}
