@@ -139,7 +139,7 @@ class EndpointClient:
             except self.httpx.TimeoutException:
                 problem = f"no answer within {options.timeout:g} s"
                 continue
-            except self.httpx.TransportError as error:
+            except self.httpx.RequestError as error:  # refused or dropped connections, protocol errors
                 problem = f"cannot connect ({type(error).__name__})"
                 continue
             self.requests += 1

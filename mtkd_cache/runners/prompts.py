@@ -202,8 +202,10 @@ class Prompt:
 
 
 def _fill(template: str, text: str, pair: str | None) -> str:
-    filled = template.replace(TEXT_SLOT, text) if pair is None else template.replace(PAIR_SLOT, pair).replace(TEXT_SLOT, text)
-    return filled
+    """The template with the row's texts; the pair goes in first, so a text holding "{text_pair}" stays as it is."""
+    if pair is not None:
+        template = template.replace(PAIR_SLOT, pair)
+    return template.replace(TEXT_SLOT, text)
 
 
 def load_prompt(config: PromptConfig, label_names: tuple[str, ...], splits: dict, has_pairs: bool,
