@@ -15,6 +15,8 @@ import typer
 from rich.table import Table
 
 from mtkd_cache import BuildConfig, DatasetSpec, RunnerConfig, build_cache, distributed, summarize, verify_cache
+from mtkd_cache.runners.openai_runner import EndpointOptions
+from mtkd_cache.runners.prompts import PromptConfig, parse_verbalizers
 from mtkd_cache.runners.teachers import parse_teachers
 
 from .common import app, quiet_console, split_list, stdout, user_errors
@@ -35,7 +37,7 @@ def build(
     label_names: Annotated[str | None, from_config(DatasetSpec, "label_names")] = None,
     splits: Annotated[str | None, from_config(DatasetSpec, "splits")] = None,
     label_map: Annotated[list[str] | None, typer.Option(help="NAME:TEACHER_LABEL=DATASET_LABEL,… for a teacher whose label names differ from the dataset's.")] = None,
-    backend: Annotated[str, from_config(RunnerConfig, "backend", metavar="[torch|onnx]")] = RunnerConfig.backend,
+    backend: Annotated[str, from_config(RunnerConfig, "backend", metavar="[torch|onnx|causal-lm|openai]")] = RunnerConfig.backend,
     device: Annotated[str, from_config(RunnerConfig, "device")] = RunnerConfig.device,
     dtype: Annotated[str, from_config(RunnerConfig, "dtype", metavar="[auto|float32|float16|bfloat16]")] = RunnerConfig.dtype,
     max_length: Annotated[int, from_config(RunnerConfig, "max_length")] = RunnerConfig.max_length,
@@ -43,6 +45,18 @@ def build(
     logits_dtype: Annotated[str, from_config(BuildConfig, "logits_dtype", metavar="[float16|float32]")] = BuildConfig.logits_dtype,
     tensorrt: Annotated[bool, from_config(RunnerConfig, "tensorrt")] = RunnerConfig.tensorrt,
     shard_rows: Annotated[int, from_config(BuildConfig, "shard_rows")] = BuildConfig.shard_rows,
+    prompt: Annotated[Path | None, from_config(PromptConfig, "template", "--prompt")] = PromptConfig.template,
+    verbalizers: Annotated[str | None, from_config(PromptConfig, "verbalizers", help=(
+        "label=word,... : the word(s) each class is scored on; default: the label names."))] = None,
+    shots: Annotated[int, from_config(PromptConfig, "shots")] = PromptConfig.shots,
+    shots_split: Annotated[str, from_config(PromptConfig, "shots_split")] = PromptConfig.shots_split,
+    shots_seed: Annotated[int, from_config(PromptConfig, "shots_seed")] = PromptConfig.shots_seed,
+    scoring: Annotated[str, from_config(PromptConfig, "scoring", metavar="[auto|first-token|sequence]")] = PromptConfig.scoring,
+    calibrate: Annotated[bool, from_config(PromptConfig, "calibrate")] = PromptConfig.calibrate,
+    api_key_env: Annotated[str, from_config(EndpointOptions, "api_key_env")] = EndpointOptions.api_key_env,
+    concurrency: Annotated[int, from_config(EndpointOptions, "concurrency")] = EndpointOptions.concurrency,
+    request_timeout: Annotated[float, from_config(EndpointOptions, "timeout", "--request-timeout")] = EndpointOptions.timeout,
+    retries: Annotated[int, from_config(EndpointOptions, "retries")] = EndpointOptions.retries,
     config: ConfigFile = None,
 ) -> None:
     """Run every teacher once over the dataset and write (or resume) the teacher-logit cache."""
@@ -54,6 +68,9 @@ def build(
         runner=RunnerConfig(backend=backend, device=device, dtype=dtype, max_length=max_length,
                             batch_tokens=batch_tokens, tensorrt=tensorrt),
         logits_dtype=logits_dtype, shard_rows=shard_rows,
+        prompt=PromptConfig(template=prompt, verbalizers=parse_verbalizers(verbalizers), shots=shots, shots_split=shots_split,
+                      shots_seed=shots_seed, scoring=scoring, calibrate=calibrate),
+        endpoint=EndpointOptions(api_key_env=api_key_env, concurrency=concurrency, timeout=request_timeout, retries=retries),
     )
     with ProgressEvents() as events:
         report = build_cache(build_config, events)
@@ -151,6 +168,7 @@ def demo(
 from . import (  # noqa: E402,F401 - register their commands on `app`
     augment_commands,
     distill_commands,
+    import_commands,
     model_commands,  # noqa: E402,F401 - export, predict
     sharing_commands,
     sweep_commands,

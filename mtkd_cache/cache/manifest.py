@@ -19,7 +19,10 @@ Format history (readers upgrade older versions in `_upgrade`):
       identity in the Parquet key-value metadata (shards.py, key `mtkd_cache.shard`). A format-1 manifest
       is read without a digest check, and its shards without metadata are identified by their sample ids
       alone; a build that resumes a format-1 cache rewrites its manifest as format 2 (the old shards keep
-      no metadata and stay valid, new shards carry it).
+      no metadata and stay valid, new shards carry it). Later, within it: a teacher's optional language-model
+      and import fields (`TeacherRecord.OPTIONAL_FIELDS`: prompt, verbalizers, shots, scoring, calibration,
+      an endpoint's server model and floored cells, an imported file's sha256), written only where set and
+      counted in the identity digest only where set, so caches without them read and resume as before.
 """
 
 from __future__ import annotations
@@ -81,19 +84,47 @@ class TeacherRecord:
     truncated_rows: dict[str, int] = field(default_factory=dict)
     # Recorded, not compared (like `device`): the same file resumed on another provider is the same teacher.
     providers: list[str] = field(default_factory=list)
+    # A teacher that reads text as a language model (backend causal-lm or openai): its prompt and scoring.
+    prompt_template: str = ""
+    prompt_sha256: str = ""
+    chat_template_sha256: str = ""
+    verbalizers: dict[str, str] = field(default_factory=dict)  # dataset label -> the word it is scored on
+    shots: dict = field(default_factory=dict)  # split, seed, count, sample_ids; empty when zero-shot
+    scoring: str = ""  # first-token | sequence (causal-lm); echo | top-logprobs (openai); imported
+    calibration: str = ""
+    # Imported logits (backend imported): the file's sha256 and the user's free-form note.
+    file_sha256: str = ""
+    note: str = ""
+    # Recorded, not compared: what an endpoint reported, and how approximate its first-token scores are.
+    server_model: str = ""
+    system_fingerprint: str = ""
+    logprob_floor: float | None = None  # the value given to a label missing from the returned top-k
+    floored_cells: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> {row_start: cells}
 
     IDENTITY_FIELDS = ("backend", "revision", "weights_sha256", "tokenizer_sha256", "dtype", "max_length",
                        "label_mapping")
+    # Identity too, but only where set: a teacher without them keeps the identity digest it had before
+    # these fields existed, so older caches' shards stay theirs.
+    OPTIONAL_IDENTITY_FIELDS = ("prompt_template", "prompt_sha256", "chat_template_sha256", "verbalizers", "shots",
+                                "scoring", "calibration", "file_sha256")
+    OPTIONAL_FIELDS = (*OPTIONAL_IDENTITY_FIELDS, "note", "server_model", "system_fingerprint", "logprob_floor",
+                       "floored_cells")
 
     def differences(self, other: TeacherRecord) -> list[tuple[str, object, object]]:
-        return [(f, getattr(self, f), getattr(other, f)) for f in self.IDENTITY_FIELDS
+        return [(f, getattr(self, f), getattr(other, f)) for f in (*self.IDENTITY_FIELDS, *self.OPTIONAL_IDENTITY_FIELDS)
                 if getattr(self, f) != getattr(other, f)]
 
     def identity(self) -> str:
-        """A digest of `IDENTITY_FIELDS`: what a shard records as its teacher. Not the name, so that a teacher
-        renamed by `merge --rename` still owns its shards, while another teacher's shard is told apart."""
+        """A digest of `IDENTITY_FIELDS` (and the optional ones that are set): what a shard records as its
+        teacher. Not the name, so that a teacher renamed by `merge --rename` still owns its shards, while
+        another teacher's shard is told apart."""
         values = {name: getattr(self, name) for name in self.IDENTITY_FIELDS}
+        values.update({name: getattr(self, name) for name in self.OPTIONAL_IDENTITY_FIELDS if getattr(self, name)})
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+    def floored_per_split(self) -> dict[str, int]:
+        """Cells that got the endpoint's floor value, per split (summed over its shards)."""
+        return {split: sum(counts.values()) for split, counts in self.floored_cells.items()}
 
 
 @dataclass
@@ -184,9 +215,11 @@ def _fields(record) -> dict:
 def teacher_fields(teacher: TeacherRecord) -> dict:
     # 0.1.0 readers refuse unknown teacher fields; leaving out an empty `providers` keeps torch-backend
     # caches readable by them (only onnx-backend caches need the newer reader).
+    # The language-model and import fields are likewise left out where unset.
     fields = _fields(teacher)
-    if not fields["providers"]:
-        del fields["providers"]
+    for name in ("providers", *TeacherRecord.OPTIONAL_FIELDS):
+        if fields[name] in ("", None, [], {}):
+            del fields[name]
     return fields
 
 
@@ -292,10 +325,14 @@ _SHARD_TYPES = {"path": str, "split": str, "teacher": (str, type(None)), "row_st
 _TEACHER_TYPES = {"name": str, "source": str, "backend": str, "revision": (str, type(None)), "weights_sha256": str,
                   "tokenizer_sha256": str, "dtype": str, "max_length": int, "model_label_names": list,
                   "label_mapping": list, "device": str, "attn_implementation": str, "truncated_rows": dict,
-                  "providers": list}
+                  "providers": list, "prompt_template": str, "prompt_sha256": str, "chat_template_sha256": str,
+                  "verbalizers": dict, "shots": dict, "scoring": str, "calibration": str, "file_sha256": str,
+                  "note": str, "server_model": str, "system_fingerprint": str,
+                  "logprob_floor": (float, int, type(None)), "floored_cells": dict}
 _DATASET_TYPES = {"source": str, "config_name": (str, type(None)), "text_column": str,
                   "text_pair_column": (str, type(None)), "label_column": str, "fingerprint": str, "text_policy": str,
                   "duplicate_policy": str}
+_UNTOKENIZED_BACKENDS = ("imported", "openai")
 _NAME_PATTERN = re.compile(rf"^{NAME}$")
 _SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 _LOGITS_DTYPES = tuple(choice.value for choice in LogitsDType)
@@ -367,7 +404,9 @@ def _validate_teacher(name: str, teacher: TeacherRecord, manifest: Manifest) -> 
     where = f"teachers.{name}"
     _validate_name(name, f"teachers key {name!r}")
     _require(teacher.name == name, f"{where}.name", teacher.name, f"the teacher's key, {name!r}")
-    _require(1 <= teacher.max_length <= MAX_ROWS, f"{where}.max_length", teacher.max_length, "a positive integer")
+    # 0 where no length limit applies: an imported teacher, an endpoint that sees whole prompts.
+    lowest = 0 if teacher.backend in _UNTOKENIZED_BACKENDS else 1
+    _require(lowest <= teacher.max_length <= MAX_ROWS, f"{where}.max_length", teacher.max_length, "a positive integer")
     for position, label in enumerate(teacher.model_label_names):
         _require(isinstance(label, str) and label, f"{where}.model_label_names[{position}]", label, "a non-empty string")
     classes = len(teacher.model_label_names)
@@ -382,6 +421,12 @@ def _validate_teacher(name: str, teacher: TeacherRecord, manifest: Manifest) -> 
                  "a row count within the split")
     _require(all(isinstance(p, str) for p in teacher.providers), f"{where}.providers", teacher.providers,
              "a list of strings")
+    _require(all(isinstance(k, str) and isinstance(v, str) for k, v in teacher.verbalizers.items()),
+             f"{where}.verbalizers", teacher.verbalizers, "label names mapped to words")
+    for split, counts in teacher.floored_cells.items():
+        _require(split in manifest.splits and isinstance(counts, dict)
+                 and all(_is_int(n) and n >= 0 for n in counts.values()),
+                 f"{where}.floored_cells.{split}", counts, "a split's shard row starts mapped to cell counts")
 
 
 def _validate_shards(manifest: Manifest) -> None:

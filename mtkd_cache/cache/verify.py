@@ -177,6 +177,18 @@ def summarize(source: str | Path) -> CacheSummary:
     return summarize_manifest(manifest, source)
 
 
+def _language_model_fields(teacher) -> dict:
+    """What `info` shows of a causal-lm, openai or imported teacher (nothing for the others)."""
+    shown = {"prompt_sha256": teacher.prompt_sha256, "verbalizers": teacher.verbalizers, "scoring": teacher.scoring,
+             "shots": teacher.shots, "calibration": teacher.calibration, "server_model": teacher.server_model,
+             "system_fingerprint": teacher.system_fingerprint, "file_sha256": teacher.file_sha256, "note": teacher.note}
+    shown = {key: value for key, value in shown.items() if value}
+    if teacher.floored_cells:
+        shown["logprob_floor"] = teacher.logprob_floor
+        shown["floored_cells"] = teacher.floored_per_split()
+    return shown
+
+
 def summarize_manifest(manifest: Manifest, where: str) -> CacheSummary:
     splits = [SplitSummary(name, record.rows, record.labeled,
                            [t for t in manifest.teachers if manifest.complete(name, t)])
@@ -185,7 +197,8 @@ def summarize_manifest(manifest: Manifest, where: str) -> CacheSummary:
     output_rows = sum(r.rows for r in manifest.shards if r.teacher is not None)
     teachers = [{"name": t.name, "source": t.source, "backend": t.backend, "dtype": t.dtype, "device": t.device,
                  "max_length": t.max_length, "revision": t.revision, "weights_sha256": t.weights_sha256[:12],
-                 "truncated_rows": t.truncated_rows, "providers": t.providers} for t in manifest.teachers.values()]
+                 "truncated_rows": t.truncated_rows, "providers": t.providers, **_language_model_fields(t)}
+                for t in manifest.teachers.values()]
     return CacheSummary(
         path=where, format_version=manifest.format_version, tool_version=manifest.tool_version,
         dataset_source=manifest.dataset.source, dataset_fingerprint=manifest.dataset.fingerprint,

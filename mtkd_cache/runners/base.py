@@ -19,16 +19,19 @@ from mtkd_cache.data.batching import TokenizedRows, batched_forward
 from mtkd_cache.devices import DType, check_device, resolve_device, resolve_dtype
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.progress import ProgressEvents
-from mtkd_cache.runners.teachers import ResolvedTeacher
+from mtkd_cache.runners.prompts import PromptConfig
+from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, local_files, resolve_teacher
 
 
 class Backend(Choice):
-    """How teachers run: `torch` loads checkpoint directories, `onnx` runs .onnx files with onnxruntime."""
+    """How teachers run: `torch` loads checkpoint directories, `onnx` runs .onnx files with onnxruntime,
+    `causal-lm` scores a language model's verbalizer log-probabilities, `openai` asks an OpenAI-compatible
+    endpoint for them."""
 
     TORCH = "torch"
     ONNX = "onnx"
-
-
+    CAUSAL_LM = "causal-lm"
+    OPENAI = "openai"
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,9 @@ class RunnerConfig:
     here, naming its flag, before any teacher is loaded."""
 
     backend: Backend = field(default=Backend.TORCH, metadata={"help": (
-        "Teacher runtime: torch (checkpoint directories) or onnx (.onnx files from `export`, run by onnxruntime "
-        "in the precision they were exported in).")})
+        "Teacher runtime: torch (checkpoint directories), onnx (.onnx files from `export`, run by onnxruntime "
+        "in the precision they were exported in), causal-lm (a language model scored on --verbalizers; a torch "
+        "build detects one from its config) or openai (NAME=MODEL@BASE_URL of an OpenAI-compatible server).")})
     device: str = field(default="auto", metadata={"help": (
         "auto (CUDA when present), cpu or cuda[:N]. CUDA asked for but missing is an error.")})
     dtype: DType = field(default=DType.AUTO, metadata={"help": (
@@ -76,10 +80,17 @@ class TeacherRunner(Protocol):
         """float32 logits [rows, model labels] for one padded batch (`pad_rows`)."""
         ...
 
+    # Optional, found with getattr: `prepare(split, texts, pairs, max_length)` where a runner renders its own
+    # inputs (a prompt around each text), and `score_rows(prepared, start, end, events)` where it batches
+    # and schedules rows itself (an endpoint's concurrent requests) instead of through `logits`.
+
 
 def resolve_runtime(runner: RunnerConfig) -> tuple[torch.device, torch.dtype | None]:
-    """The teachers' device, and the torch dtype (None for onnx: an ONNX file runs in the precision it holds)."""
-    if runner.backend is Backend.TORCH:
+    """The teachers' device, and the torch dtype (None for onnx: an ONNX file runs in the precision it holds;
+    None for openai: the server decides)."""
+    if runner.backend is Backend.OPENAI:
+        return torch.device("cpu"), None
+    if runner.backend in (Backend.TORCH, Backend.CAUSAL_LM):
         device = resolve_device(runner.device)
         return device, resolve_dtype(runner.dtype, device)
     from mtkd_cache.runners.onnx_runner import resolve_onnx_device
@@ -99,7 +110,16 @@ def default_batch_tokens(backend: Backend, device: torch.device) -> int:
 
 def make_runner(teacher: ResolvedTeacher, runner: RunnerConfig, device: torch.device, dtype: torch.dtype | None,
                 batch_tokens: int) -> TeacherRunner:
-    if runner.backend is Backend.TORCH:
+    backend = Backend.parse(teacher.backend, "--backend") if teacher.backend else runner.backend
+    if backend is Backend.CAUSAL_LM:
+        from mtkd_cache.runners.causal_lm import CausalLMTeacher
+
+        return CausalLMTeacher(teacher, device, dtype, runner.max_length, batch_tokens)
+    if backend is Backend.OPENAI:
+        from mtkd_cache.runners.openai_runner import EndpointTeacher
+
+        return EndpointTeacher(teacher)
+    if backend is Backend.TORCH:
         from mtkd_cache.runners.torch_runner import TorchTeacher
 
         return TorchTeacher(teacher, device, dtype, runner.max_length)
@@ -109,9 +129,40 @@ def make_runner(teacher: ResolvedTeacher, runner: RunnerConfig, device: torch.de
     return OnnxTeacher(teacher.spec.name, teacher.model_file, device, options)
 
 
+def resolve_for_backend(spec: TeacherSpec, task, runner: RunnerConfig, prompt: PromptConfig,
+                        endpoint_options=None) -> ResolvedTeacher:
+    """A teacher's files and identity under the build's backend; a --backend torch teacher whose checkpoint is
+    a causal LM (its config's architectures) is scored as one, which needs --prompt."""
+    if runner.backend is Backend.OPENAI:
+        from mtkd_cache.runners.openai_runner import resolve_endpoint
+
+        return resolve_endpoint(spec, task, prompt, endpoint_options)
+    if runner.backend is Backend.CAUSAL_LM:
+        from mtkd_cache.runners.causal_lm import resolve_causal_lm
+
+        return resolve_causal_lm(spec, task, prompt)
+    if runner.backend is Backend.TORCH and not spec.source.endswith(".onnx"):
+        from mtkd_cache.runners.causal_lm import is_causal_lm_checkpoint, resolve_causal_lm
+
+        directory, revision = local_files(spec)
+        if is_causal_lm_checkpoint(directory):
+            if not prompt.used:
+                raise ConfigError(f"teacher '{spec.name}' is a causal language model; give --prompt FILE (and "
+                                  "--verbalizers) to score it as one, or build it with --backend causal-lm.")
+            return resolve_causal_lm(spec, task, prompt, directory, revision)
+    if prompt.used:
+        raise ConfigError(f"teacher '{spec.name}' is not a causal language model, and --prompt, --verbalizers, "
+                          "--shots, --scoring and --calibrate apply to causal-LM and openai teachers only; build "
+                          "it with another `build` command into the same --out.")
+    return resolve_teacher(spec, task.label_names)
+
+
 def run_rows(runner: TeacherRunner, tokens: TokenizedRows, start: int, end: int, batch_tokens: int,
              events: ProgressEvents) -> np.ndarray:
     """float32 logits [end - start, model labels], in row order (batches run longest first)."""
+    score_rows = getattr(runner, "score_rows", None)
+    if score_rows is not None:
+        return score_rows(tokens, start, end, events)
 
     def forward(batch: dict[str, np.ndarray]) -> np.ndarray:
         fault_point("teacher_batch")

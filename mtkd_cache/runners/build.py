@@ -11,6 +11,7 @@ crash loses at most the shard being computed and the one being written.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -57,8 +58,17 @@ from mtkd_cache.errors import CacheMismatchError, ConfigError, MtkdError, Teache
 from mtkd_cache.hashing import row_digests
 from mtkd_cache.layout import MANIFEST_NAME, inputs_path, outputs_path, validate_name
 from mtkd_cache.progress import ProgressEvents, SilentEvents
-from mtkd_cache.runners.base import RunnerConfig, default_batch_tokens, make_runner, resolve_runtime, run_rows
-from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, check_backend, resolve_teacher
+from mtkd_cache.runners.base import (
+    RunnerConfig,
+    default_batch_tokens,
+    make_runner,
+    resolve_for_backend,
+    resolve_runtime,
+    run_rows,
+)
+from mtkd_cache.runners.openai_runner import EndpointOptions
+from mtkd_cache.runners.prompts import PromptConfig
+from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, check_backend
 
 _MAX_IDS_NAMED = 10
 
@@ -69,14 +79,19 @@ class BuildConfig:
 
     dataset: DatasetSpec
     teachers: tuple[TeacherSpec, ...] = field(metadata={"help": (
-        "NAME=SOURCE: a save_pretrained directory or a hub id, optionally id@revision (torch backend), or an .onnx "
-        "file with its tokenizer beside it (onnx backend). Repeat for several teachers.")})
+        "NAME=SOURCE: a save_pretrained directory or a hub id, optionally id@revision (torch and causal-lm "
+        "backends), an .onnx file with its tokenizer beside it (onnx backend), or MODEL@BASE_URL (openai backend). "
+        "Repeat for several teachers.")})
     out: Path = field(metadata={"help": "Cache directory to create or resume."})
     runner: RunnerConfig = RunnerConfig()
     logits_dtype: LogitsDType = field(default=LogitsDType.FLOAT16, metadata={
         "help": "Stored logit precision: float16 or float32."})
     shard_rows: int = field(default=8192, metadata={
         "help": "Rows per shard; a crash loses at most one shard per teacher."})
+    prompt: PromptConfig = field(default=PromptConfig(), metadata={"help": (
+        "How causal-lm and openai teachers are prompted and scored (template, verbalizers, shots, scoring).")})
+    endpoint: EndpointOptions = field(default=EndpointOptions(), metadata={"help": (
+        "How openai teachers are called (key variable, concurrency, timeout, retries).")})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "teachers", tuple(self.teachers))
@@ -112,9 +127,11 @@ def build_cache(config: BuildConfig, events: ProgressEvents | None = None) -> Bu
     task = load_task_data(config.dataset)
     report.stage_seconds["load dataset"] = time.perf_counter() - started
 
-    teachers = [resolve_teacher(spec, task.label_names) for spec in config.teachers]
+    teachers = [resolve_for_backend(spec, task, config.runner, config.prompt, config.endpoint)
+                for spec in config.teachers]
     for teacher in teachers:
-        check_backend(teacher, config.runner.backend.value, config.runner.dtype.value)
+        if teacher.backend is None:  # a language-model teacher was resolved for its backend already
+            check_backend(teacher, config.runner.backend.value, config.runner.dtype.value)
     records = {t.spec.name: _teacher_record(t, config.runner, dtype, device) for t in teachers}
 
     context = distributed.current()
@@ -257,13 +274,20 @@ def _cached_row_digests(out: Path, manifest: Manifest, split: str) -> list[bytes
 
 def _teacher_record(teacher: ResolvedTeacher, runner: RunnerConfig, dtype: torch.dtype | None,
                     device: torch.device) -> TeacherRecord:
-    return TeacherRecord(
-        name=teacher.spec.name, source=teacher.spec.source, backend=runner.backend.value, revision=teacher.revision,
-        weights_sha256=teacher.weights_sha256, tokenizer_sha256=teacher.tokenizer_sha256,
-        dtype=teacher.file_dtype or dtype_name(dtype),
-        max_length=runner.max_length, model_label_names=list(teacher.model_label_names),
-        label_mapping=list(teacher.label_mapping), device=device.type,
+    remote = teacher.endpoint is not None  # the server decides the precision and the hardware
+    record = TeacherRecord(
+        name=teacher.spec.name, source=teacher.spec.source, backend=teacher.backend or runner.backend.value,
+        revision=teacher.revision, weights_sha256=teacher.weights_sha256, tokenizer_sha256=teacher.tokenizer_sha256,
+        dtype="server" if remote else teacher.file_dtype or dtype_name(dtype),
+        max_length=0 if remote else runner.max_length,  # an endpoint sees whole prompts
+        model_label_names=list(teacher.model_label_names),
+        label_mapping=list(teacher.label_mapping), device="endpoint" if remote else device.type,
     )
+    if teacher.prompt is not None:
+        for key, value in teacher.prompt.identity().items():
+            setattr(record, key, value)
+        record.scoring = teacher.scoring
+    return record
 
 
 def _check_identities(manifest: Manifest, records: dict[str, TeacherRecord]) -> None:
@@ -318,7 +342,7 @@ def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: Sha
                for t in teachers}
     groups: dict[str, list[ResolvedTeacher]] = {}
     for teacher in teachers:
-        groups.setdefault(teacher.tokenizer_sha256, []).append(teacher)
+        groups.setdefault(_inputs_key(teacher), []).append(teacher)
     for members in groups.values():
         tokenized: dict[str, TokenizedRows] = {}  # one tokenization per split for the whole group
         shares = _rank_shares(members, missing, task, config, tokenized, context)
@@ -332,19 +356,26 @@ def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: Sha
             started = time.perf_counter()
             runner = make_runner(teacher, config.runner, device, dtype, batch_tokens)
             record = records[name]
+            cached = manifest.teachers.get(name)
+            if cached is not None:  # counts of the shards an earlier run committed
+                record.floored_cells = {split: dict(counts) for split, counts in cached.floored_cells.items()}
             record.attn_implementation = runner.attn_implementation
             record.providers = list(runner.providers)
             for split_name, ranges in pending.items():
                 split = task.splits[split_name]
                 if split_name not in tokenized:
-                    tokenized[split_name] = tokenize_rows(runner.tokenizer, split.texts, split.text_pairs,
-                                                          config.runner.max_length)
+                    # A runner that renders its own inputs (a prompt around each text) prepares them itself.
+                    prepare = getattr(runner, "prepare", None)
+                    tokenized[split_name] = (
+                        prepare(split_name, split.texts, split.text_pairs, config.runner.max_length) if prepare
+                        else tokenize_rows(runner.tokenizer, split.texts, split.text_pairs, config.runner.max_length))
                 tokens = tokenized[split_name]
                 record.truncated_rows[split_name] = tokens.truncated_rows
                 events.task(f"{name} · {split_name}", sum(end - start for start, end in ranges))
                 for start, end in ranges:
                     logits = run_rows(runner, tokens, start, end, batch_tokens, events)
                     _check_finite(logits, name, split_name, start)
+                    _take_reports(runner, record, split_name, start)
                     mapped = logits[:, list(teacher.label_mapping)]
                     with np.errstate(over="ignore"):  # an overflow to inf is refused just below, by name
                         stored = mapped.astype(manifest.logits_dtype)  # what the shard will hold
@@ -356,10 +387,32 @@ def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: Sha
                     report.shards_written += 1
                     report.rows_computed[name] = report.rows_computed.get(name, 0) + end - start
             committer.wait()
+            close = getattr(runner, "close", None)  # an endpoint's connection pool
+            if close is not None:
+                close()
             del runner
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             report.stage_seconds[f"teacher {name}"] = time.perf_counter() - started
+
+
+def _inputs_key(teacher: ResolvedTeacher) -> str:
+    """Teachers with one key share one preparation of each split: the same tokenizer, and the same prompt."""
+    if teacher.prompt is None:
+        return teacher.tokenizer_sha256
+    return json.dumps([teacher.backend, teacher.tokenizer_sha256, teacher.prompt.identity()], sort_keys=True)
+
+
+def _take_reports(runner, record: TeacherRecord, split: str, row_start: int) -> None:
+    """What an endpoint runner reported for the rows just scored: server fields, and floored cells per shard."""
+    reports = getattr(runner, "reports", None)
+    if reports is None:
+        return
+    for key, value in reports().items():
+        if key == "floored_cells":
+            record.floored_cells.setdefault(split, {})[str(row_start)] = value
+        elif value not in ("", None):
+            setattr(record, key, value)
 
 
 def _rank_shares(members: list[ResolvedTeacher], missing: dict[str, dict[str, list[tuple[int, int]]]],
@@ -370,8 +423,15 @@ def _rank_shares(members: list[ResolvedTeacher], missing: dict[str, dict[str, li
         return {t.spec.name: missing[t.spec.name] for t in members}
     items = [(t.spec.name, split, rows) for t in members for split, ranges in missing[t.spec.name].items()
              for rows in ranges]
+    language_model = members[0].prompt is not None  # its rows are prompts: lengths here are only costs
+    if language_model:
+        tokenized = {}
     for split in dict.fromkeys(split for _, split, _ in items):
-        if split not in tokenized:
+        if language_model and members[0].endpoint is not None:
+            texts = task.splits[split].texts
+            lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+            tokenized[split] = TokenizedRows(np.zeros(0, np.int32), None, np.concatenate([[0], np.cumsum(lengths)]), 0)
+        elif split not in tokenized:
             tokenized[split] = tokenize_rows(_load_tokenizer(members[0]), task.splits[split].texts,
                                              task.splits[split].text_pairs, config.runner.max_length)
     costs = [int(tokenized[split].lengths[start:end].sum()) for _, split, (start, end) in items]

@@ -77,12 +77,16 @@ class ResolvedTeacher:
     label_mapping: tuple[int, ...]  # for dataset class c, the model's output index
     model_file: Path | None = None  # the .onnx file of an ONNX teacher; None for a checkpoint directory
     file_dtype: str | None = None  # the precision an ONNX file was exported in (it runs as it is)
+    backend: str | None = None  # set where it differs from a checkpoint's torch/onnx: causal-lm, openai
+    prompt: object | None = None  # prompts.Prompt of a causal-lm or openai teacher
+    scoring: str = ""  # how class logits are read from a language model (recorded)
+    endpoint: object | None = None  # openai_runner.Endpoint of an openai teacher (holds no key)
 
 
 def resolve_teacher(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> ResolvedTeacher:
     if spec.source.endswith(ONNX_SUFFIX):
         return _resolve_onnx(spec, dataset_label_names)
-    directory, revision = _local_files(spec)
+    directory, revision = local_files(spec)
     config_path = directory / "config.json"
     if not config_path.exists():
         raise TeacherError(f"teacher '{spec.name}': {directory} has no config.json; is it a save_pretrained directory?")
@@ -141,7 +145,7 @@ def _resolve_onnx(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> Re
     )
 
 
-def _local_files(spec: TeacherSpec) -> tuple[Path, str | None]:
+def local_files(spec: TeacherSpec) -> tuple[Path, str | None]:
     path = Path(spec.source).expanduser()
     if path.is_dir():
         # A path inside the hub cache (…/snapshots/<commit>) still carries its revision.

@@ -205,7 +205,7 @@ def test_cache_command_defaults_and_help_are_the_config_fields():
 @pytest.mark.parametrize(("flag", "value", "message"), [
     ("--device", "tpu", "--device must be one of auto, cpu, cuda (or cuda:N), not 'tpu'."),
     ("--dtype", "int8", "--dtype must be one of auto, float32, float16, bfloat16, not 'int8'."),
-    ("--backend", "tensorrt", "--backend must be one of torch, onnx, not 'tensorrt'."),
+    ("--backend", "tensorrt", "--backend must be one of torch, onnx, causal-lm, openai, not 'tensorrt'."),
     ("--logits-dtype", "bfloat16", "--logits-dtype must be one of float16, float32, not 'bfloat16'."),
 ])
 def test_a_closed_set_option_names_every_choice_in_one_line(assets, tmp_path, flag, value, message):

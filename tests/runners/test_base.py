@@ -24,7 +24,7 @@ def test_plain_strings_become_enum_members_and_still_compare_as_strings():
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"backend": "tensorrt"}, "--backend must be one of torch, onnx, not 'tensorrt'."),
+    ({"backend": "tensorrt"}, "--backend must be one of torch, onnx, causal-lm, openai, not 'tensorrt'."),
     ({"dtype": "int8"}, "--dtype must be one of auto, float32, float16, bfloat16, not 'int8'."),
     ({"device": "tpu"}, "--device must be one of auto, cpu, cuda (or cuda:N), not 'tpu'."),
     ({"device": "cuda:x"}, "--device must be one of"),
