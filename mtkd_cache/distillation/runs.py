@@ -228,6 +228,8 @@ def _evaluate(run: Run, eval_split: SplitTensors, label_names: tuple[str, ...], 
 def finetune(config: FinetuneConfig, events: ProgressEvents | None = None) -> RunResult:
     """Plain supervised fine-tuning of a teacher or student from a dataset: the same loop, no cache."""
     task = load_task_data(config.dataset)
+    for note in task.notes:
+        (events or SilentEvents()).note(note)
     selection_split = config.selection_split or ("validation" if "validation" in task.splits else config.eval_split)
     for option, split in (("--train-split", config.train_split), ("--eval-split", config.eval_split),
                           ("--selection-split", selection_split)):

@@ -110,6 +110,8 @@ def build_cache(config: BuildConfig, events: ProgressEvents | None = None) -> Bu
 
     started = time.perf_counter()
     task = load_task_data(config.dataset)
+    for note in task.notes:
+        events.note(note)
     report.stage_seconds["load dataset"] = time.perf_counter() - started
 
     teachers = [resolve_teacher(spec, task.label_names) for spec in config.teachers]
