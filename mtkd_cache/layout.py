@@ -73,7 +73,10 @@ def receipt_path(shard_path: str) -> str:
 # --- RUN/: a distill, finetune or sweep run directory (owned by the distill and report stages) ---------
 # Every name below is relative to a run directory (OUT of `distill` / `finetune`, or OUT/runs/<run>/ of a
 # sweep run), except the sweep's and `report`'s own files, which sit in their OUT.
-RUN_CONFIG = "config.json"  # the resolved run configuration and its fingerprint (not a checkpoint's config.json)
+# The resolved run configuration and its fingerprint. Not "config.json": that name makes a run directory look
+# like a transformers checkpoint (`pipeline(model=RUN)` failed with "Should have a model_type key").
+RUN_CONFIG = "run.json"
+LEGACY_RUN_CONFIG = "config.json"  # what runs written before 0.2 call it: still read, replaced on resume
 RUN_REPORT = "report.json"
 RUN_REPORT_MD = "report.md"
 PER_CLASS_PLOT = "per_class_diff.png"

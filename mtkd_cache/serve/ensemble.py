@@ -10,7 +10,6 @@ evaluated exactly like each member.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from mtkd_cache.devices import resolve_device
+from mtkd_cache.distillation.run import read_run_config
 from mtkd_cache.distillation.session import PreparedCache
 from mtkd_cache.distillation.students import load_saved_student
 from mtkd_cache.distillation.training import predict_logits
@@ -60,11 +60,11 @@ class EnsembleReport:
 
 
 def _run_config(run_dir: Path) -> dict:
-    path = run_dir / RUN_CONFIG
-    if not (run_dir / STUDENT_DIR).is_dir() or not path.exists():
+    record = read_run_config(run_dir)  # run.json, or an older run's config.json
+    if not (run_dir / STUDENT_DIR).is_dir() or record is None:
         raise ConfigError(f"{run_dir} is not a finished run (no {STUDENT_DIR}/ or {RUN_CONFIG}); pass `distill` run "
                           "directories.")
-    return json.loads(path.read_text())
+    return record
 
 
 def evaluate_ensemble(run_dirs: list[Path], split: str | None = None, cache: Path | None = None,
