@@ -18,7 +18,7 @@ from mtkd_cache import BuildConfig, DatasetSpec, RunnerConfig, build_cache, dist
 from mtkd_cache.runners.teachers import parse_teachers
 
 from .common import app, quiet_console, split_list, stdout, user_errors
-from .options import ConfigFile, from_config
+from .options import ConfigFile, Threads, from_config
 from .progress import ProgressEvents, stderr
 
 
@@ -43,6 +43,7 @@ def build(
     logits_dtype: Annotated[str, from_config(BuildConfig, "logits_dtype", metavar="[float16|float32]")] = BuildConfig.logits_dtype,
     tensorrt: Annotated[bool, from_config(RunnerConfig, "tensorrt")] = RunnerConfig.tensorrt,
     shard_rows: Annotated[int, from_config(BuildConfig, "shard_rows")] = BuildConfig.shard_rows,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Run every teacher once over the dataset and write (or resume) the teacher-logit cache."""
@@ -115,6 +116,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Working directory for the prepared data, teachers, cache and runs.")] = Path("demo-out"),
     device: Annotated[str, from_config(RunnerConfig, "device", help="auto (CUDA when present), cpu or cuda[:N], for the teachers, the cache and the students.")] = RunnerConfig.device,
     per_class: Annotated[int | None, typer.Option(help="Use at most this many articles per topic (a quick run).")] = None,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """The whole product on real BBC News text with MiniLM teachers, offline; a second run reuses everything."""

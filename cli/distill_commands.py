@@ -23,7 +23,7 @@ from mtkd_cache.report.comparison import compare_runs
 from mtkd_cache.serve.ensemble import EnsembleReport, evaluate_ensemble
 
 from .common import app, split_list, stdout, user_errors
-from .options import ConfigFile, field_help, from_config
+from .options import ConfigFile, Threads, field_help, from_config
 from .progress import ProgressEvents, stderr
 
 DEFAULT_STRATEGY = StrategyConfig.name.value
@@ -68,6 +68,7 @@ def select_command(
     seed: Annotated[int, typer.Option(help="Seed of random/noisy draws.")] = TrainConfig.seed,
     noise_std: Annotated[float, from_config(StrategyConfig, "noise_std")] = StrategyConfig.noise_std,
     gamma: Annotated[float, from_config(StrategyConfig, "gamma")] = StrategyConfig.gamma,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Write per-sample teacher weights of a strategy, and print who taught how often."""
@@ -88,8 +89,7 @@ def _print_result(result) -> None:
     stdout.print(f"[bold]{result.run_dir}[/bold]: accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}"
                  f"  MCC {report.mcc:.4f}  (best epoch {result.train.best_epoch + 1}, "
                  f"{result.train.train_seconds:.1f} s training)")
-    for warning in result.warnings:
-        stderr.print(f"[yellow]warning:[/yellow] {warning}")
+    # result.warnings were shown before training (progress notes), when they can still save a run
 
 
 @app.command("distill")
@@ -120,6 +120,7 @@ def distill_command(
     stage1_split: Annotated[str | None, typer.Option(help=field_help(TransferStage, "split"))] = None,
     stage1_epochs: Annotated[int, from_config(TransferStage, "epochs", "--stage1-epochs")] = TransferStage.epochs,
     stage1_strategy: Annotated[str | None, from_config(TransferStage, "strategy", "--stage1-strategy")] = None,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Train a student from the cache alone with a selection strategy; write the student and the report."""
@@ -155,6 +156,7 @@ def finetune_command(
     patience: Annotated[int | None, from_config(TrainConfig, "patience")] = None,
     train_split: Annotated[str, from_config(FinetuneConfig, "train_split")] = FinetuneConfig.train_split,
     eval_split: Annotated[str, from_config(FinetuneConfig, "eval_split")] = FinetuneConfig.eval_split,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Plain supervised fine-tuning (a teacher, or a student before distillation); no cache involved."""
@@ -179,6 +181,7 @@ def report(
     split: Annotated[str | None, typer.Option(help="--ensemble: split to score on; default the runs' eval split.")] = None,
     cache: Annotated[Path | None, typer.Option(help="--ensemble: cache to score on; default the first run's.")] = None,
     device: Annotated[str, typer.Option(help="--ensemble: auto, cpu or cuda.")] = TrainConfig.device,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Compare runs side by side: accuracy, macro-F1, MCC, median per-class difference to each teacher."""

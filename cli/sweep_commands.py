@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mtkd_cache.devices import set_threads
 from mtkd_cache.distillation.configs import DistillConfig
 from mtkd_cache.distillation.strategies import StrategyConfig
 from mtkd_cache.distillation.sweep import SweepConfig, SweepGrid, load_sweep_file, run_sweep, sweep_config_from_options
@@ -18,7 +19,7 @@ from mtkd_cache.layout import LEADERBOARD, LEADERBOARD_MD, ROBUSTNESS, ROBUSTNES
 from mtkd_cache.report.leaderboard import RunRow, robustness_over_subsets
 
 from .common import app, stdout, user_errors
-from .options import from_config
+from .options import Threads, from_config
 from .progress import stderr
 
 
@@ -97,6 +98,7 @@ def sweep(
     expert_split: Annotated[str | None, _as_for_distill(DistillConfig, "expert_split")] = None,
     noise_std: Annotated[float | None, _as_for_distill(StrategyConfig, "noise_std")] = None,
     gamma: Annotated[float | None, _as_for_distill(StrategyConfig, "gamma")] = None,
+    threads: Threads = None,  # or `threads = N` in the sweep file
 ) -> None:
     """Distil a grid of strategies × α × T × seeds × teacher subsets from one load of the cache; rank them.
 
@@ -104,6 +106,7 @@ def sweep(
     """
     flags = {k: v for k, v in locals().items() if k != "config" and v not in (None, [])}
     options = {**(load_sweep_file(config) if config is not None else {}), **flags}
+    set_threads(options.pop("threads", None))  # a process setting, not part of any run's identity
     sweep_config = sweep_config_from_options(options)
     events = _SweepProgress()
     with events.progress:

@@ -175,7 +175,13 @@ class Run:
         if not self.context.is_main:
             return
         write_report(self.directory, report, label_names)
-        write_atomically(self.directory / METRICS_LOG, history_lines(result, stage1), durable=False)
+        self.write_metrics(result, stage1)
+
+    def write_metrics(self, result: TrainResult, stage1: TrainResult | None = None) -> None:
+        """metrics.jsonl as far as training got: rewritten after every epoch, so a log or a dashboard follows
+        a long run while it trains (main rank)."""
+        if self.context.is_main:
+            write_atomically(self.directory / METRICS_LOG, history_lines(result, stage1), durable=False)
 
 
 def history_lines(result: TrainResult, stage1: TrainResult | None = None) -> str:

@@ -93,6 +93,7 @@ def distill(config: DistillConfig, events: ProgressEvents | None = None, *, prep
     `events` gets a task per epoch and an advance per batch. Under
     torchrun (and `data_parallel`) the ranks train one student with DistributedDataParallel; rank 0 alone
     writes the run directory, and every rank returns the same report."""
+    resolve_device(config.train.device)  # a missing GPU is refused first: nothing written, nothing loaded
     prepared = prepared or PreparedCache(config.cache)
     cache = prepared.cache
     identity = distill_identity(config, cache)
@@ -133,19 +134,26 @@ def distill(config: DistillConfig, events: ProgressEvents | None = None, *, prep
                          for split in dict.fromkeys((config.train_split, selection_split, config.eval_split))}
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         save = lambda directory: _save_student(model, tokenizer, directory)  # noqa: E731
+        for warning in warnings:  # once the run is set up, before training: a user can stop a run it invalidates
+            events.note(f"warning: {warning}")
         stage1 = None
         if config.stage1 is not None:
             stage1 = _transfer_stage(config, prepared, teachers, model, save, tokenizer, split_tensors[selection_split],
                                      run, pad_id, events)
         result = train(model, save, split_tensors[config.train_split], split_tensors[selection_split], config.train,
                        run.directory, pad_id, Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1,
-                       run.fingerprint, events, context, resume)
+                       run.fingerprint, events, context, resume, on_epoch=lambda partial: run.write_metrics(partial, stage1))
         report = None
         if context.is_main:
+            _note_evaluation(events, result, config.eval_split)
             report = _distill_report(config, prepared, teachers, table, first_signal, split_tensors, pad_id, run,
                                      warnings, result, stage1)
             run.finish(report, cache.label_names, result, stage1)
         return RunResult(run.directory, context.broadcast(report), result, warnings)
+
+
+def _note_evaluation(events: ProgressEvents, result: TrainResult, split: str) -> None:
+    events.note(f"evaluating the best student (epoch {result.best_epoch + 1}) on '{split}' and writing the report")
 
 
 def _note_resume(events: ProgressEvents, run: Run, resume: dict | None) -> None:
@@ -193,7 +201,8 @@ def _transfer_stage(config: DistillConfig, prepared: PreparedCache, teachers: tu
     (run.directory / STAGE1_DIR).mkdir(exist_ok=True)
     return train(model, save, tensors, selection, train_config, run.directory / STAGE1_DIR, pad_id,
                  Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1,
-                 run.stage_fingerprint(STAGE1_DIR), StageEvents(events), run.context, run.checkpoint(STAGE1_DIR))
+                 run.stage_fingerprint(STAGE1_DIR), StageEvents(events), run.context, run.checkpoint(STAGE1_DIR),
+                 on_epoch=lambda partial: run.write_metrics(TrainResult(), partial))
 
 
 def _save_student(model, tokenizer, directory: Path) -> None:
@@ -228,8 +237,6 @@ def _evaluate(run: Run, eval_split: SplitTensors, label_names: tuple[str, ...], 
 def finetune(config: FinetuneConfig, events: ProgressEvents | None = None) -> RunResult:
     """Plain supervised fine-tuning of a teacher or student from a dataset: the same loop, no cache."""
     task = load_task_data(config.dataset)
-    for note in task.notes:
-        (events or SilentEvents()).note(note)
     selection_split = config.selection_split or ("validation" if "validation" in task.splits else config.eval_split)
     for option, split in (("--train-split", config.train_split), ("--eval-split", config.eval_split),
                           ("--selection-split", selection_split)):
@@ -237,6 +244,9 @@ def finetune(config: FinetuneConfig, events: ProgressEvents | None = None) -> Ru
             raise ConfigError(f"{option} {split}: the dataset has splits {', '.join(task.splits)}.")
     context = distributed.current()
     events = (events if context.is_main else None) or SilentEvents()
+    for note in task.notes:
+        events.note(note)
+    resolve_device(config.train.device)  # a missing GPU is refused before the run directory exists
     run = Run(config.out, RunIdentity({**config_payload(config), "selection_split": selection_split},
                                       {"dataset_fingerprint": task.fingerprint}), context)
     resume = run.checkpoint()
@@ -251,9 +261,10 @@ def finetune(config: FinetuneConfig, events: ProgressEvents | None = None) -> Ru
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         result = train(model, lambda d: _save_student(model, tokenizer, d), tensors[config.train_split],
                        tensors[selection_split], config.train, run.directory, pad_id, None, macro_f1, run.fingerprint,
-                       events, context, resume)
+                       events, context, resume, on_epoch=run.write_metrics)
         report = None
         if context.is_main:
+            _note_evaluation(events, result, config.eval_split)
             report = _evaluate(run, tensors[config.eval_split], task.label_names, config.train.device, pad_id, {}, result,
                                config.eval_split)
             run.finish(report, task.label_names, result)
