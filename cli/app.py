@@ -85,7 +85,7 @@ def info(
     teachers = Table("teacher", "source", "backend", "dtype", "max len", "weights", "truncated")
     for t in summary.teachers:
         truncated = sum(t["truncated_rows"].values())
-        teachers.add_row(t["name"], t["source"], t["backend"], t["dtype"], str(t["max_length"]), t["weights_sha256"],
+        teachers.add_row(t["name"], t["source"], t["backend"], t["dtype"], str(t["max_length"]), t["weights_sha256"][:12],
                          f"{truncated:,} rows")
     stdout.print(teachers)
     stdout.print(f"{summary.shards} shards, {summary.total_bytes / 1e6:.2f} MB, logits {summary.logits_dtype}, "

@@ -35,6 +35,12 @@ def test_info_and_verify_lines_stay_whole_in_a_narrow_console(assets, tmp_path, 
     assert first.startswith(str(cache)) and f"format {FORMAT_VERSION}" in first  # the path, then the facts: one line
     summary = next(line for line in shown.stdout.splitlines() if " shards, " in line)
     assert summary.startswith(f"{facts['shards']} shards, ")
+    # JSON is for scripts: full hashes (the table shortens them for a person)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    [teacher] = facts["teachers"]
+    assert teacher["weights_sha256"] == manifest["teachers"]["bert"]["weights_sha256"] and len(teacher["weights_sha256"]) == 64
+    assert len(facts["dataset_fingerprint"]) == 64
+    assert teacher["weights_sha256"][:12] in shown.stdout and teacher["weights_sha256"] not in shown.stdout
 
     verified = runner.invoke(app, ["verify", str(cache)])
     assert verified.exit_code == 0, verified.output
