@@ -27,6 +27,7 @@ def validate_name(name: str, what: str) -> None:
 
 # --- CACHE/: the cache directory (owned by the cache stage; DESIGN.md "The cache") ---------------------
 #   manifest.json                                         the commit point: readers use only what it lists
+#   README.md                                             a pushed cache's dataset card (push writes it, nothing reads it)
 #   .lock                                                 held by the one process writing the cache
 #   .receipts/<shard>.json                                finished shards of ranks > 0, adopted by rank 0
 #   inputs/<split>/rows-<start>-<end>.parquet             a split's texts and labels
@@ -35,6 +36,7 @@ def validate_name(name: str, what: str) -> None:
 #   student-inputs/                                       student tokenizations kept for the next run (distill)
 
 MANIFEST_NAME = "manifest.json"
+CARD_NAME = "README.md"  # the dataset card `push` writes beside a pushed cache (cache/card.py); never read back
 LOCK_NAME = ".lock"
 RECEIPTS_DIR = ".receipts"
 INPUTS_DIR = "inputs"
