@@ -94,9 +94,14 @@ def info(
 
 @app.command()
 @user_errors
-def verify(cache: Annotated[Path, typer.Argument(help="Cache directory.")], config: ConfigFile = None) -> None:
+def verify(cache: Annotated[str, typer.Argument(help="Cache directory, or the URL a cache was pushed to (fetched "
+                                                     "whole into the local store first).")],
+           config: ConfigFile = None) -> None:
     """Re-hash every listed shard, check it is the shard listed, recompute the fingerprints; exit 1 naming each problem."""
-    report = verify_cache(cache)
+    from mtkd_cache.cache.store import fetch, is_url
+
+    local = fetch(cache, events=ProgressEvents()).path if is_url(cache) else Path(cache)
+    report = verify_cache(local)
     for problem in report.problems:
         stdout.print(f"[red]BAD[/red] {problem}", highlight=False, soft_wrap=True)
     for item in report.incomplete:

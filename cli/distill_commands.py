@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from mtkd_cache import DatasetSpec, open_cache
+from mtkd_cache.cache.store import fetch
 from mtkd_cache.distillation.configs import DistillConfig, FinetuneConfig, TransferStage
 from mtkd_cache.distillation.experts import parse_teacher_subset
 from mtkd_cache.distillation.runs import distill as run_distill
@@ -27,19 +28,20 @@ from .options import ConfigFile, Threads, field_help, from_config
 from .progress import ProgressEvents, stderr
 
 DEFAULT_STRATEGY = StrategyConfig.name.value
+CACHE_OR_URL = "Cache directory, or the URL a cache was pushed to (what is read is fetched once into the local store)."
 
 
 @app.command()
 @user_errors
 def experts(
-    cache: Annotated[Path, typer.Argument(help="Cache directory.")],
+    cache: Annotated[str, typer.Argument(help=CACHE_OR_URL)],
     split: Annotated[str, from_config(DistillConfig, "expert_split", "--split")] = DistillConfig.expert_split,
     teachers: Annotated[str | None, from_config(DistillConfig, "teachers")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     config: ConfigFile = None,
 ) -> None:
     """Per-class accuracy of every teacher, the expert of each class and the fallback teacher M."""
-    opened = open_cache(cache)
+    opened = open_cache(fetch(cache, split_list(teachers), (split,), ProgressEvents()).path)
     table = expert_table_for(opened, split, parse_teacher_subset(split_list(teachers), opened.teacher_names))
     if as_json:
         print(json.dumps(table.to_json(), indent=2))
@@ -59,7 +61,7 @@ def experts(
 @app.command("select")
 @user_errors
 def select_command(
-    cache: Annotated[Path, typer.Argument(help="Cache directory.")],
+    cache: Annotated[str, typer.Argument(help=CACHE_OR_URL)],
     strategy: Annotated[str, typer.Option(help=field_help(StrategyConfig, "name"))],  # required here: no default
     out: Annotated[Path, typer.Option(help="Parquet file to write (sample_id, weights).")],
     split: Annotated[str, typer.Option(help="Split to select on.")] = DistillConfig.train_split,
@@ -72,7 +74,8 @@ def select_command(
     config: ConfigFile = None,
 ) -> None:
     """Write per-sample teacher weights of a strategy, and print who taught how often."""
-    selection = select_teachers(cache, split, StrategyConfig(strategy, noise_std, gamma), split_list(teachers),
+    local = fetch(cache, split_list(teachers), (split, expert_split), ProgressEvents()).path
+    selection = select_teachers(local, split, StrategyConfig(strategy, noise_std, gamma), split_list(teachers),
                                 expert_split, seed, out)
     write_selection(out, selection)
     shown = Table("teacher", "followed (rows)", title=f"{selection.strategy} on '{split}'")
@@ -95,7 +98,7 @@ def _print_result(result) -> None:
 @app.command("distill")
 @user_errors
 def distill_command(
-    cache: Annotated[Path, typer.Argument(help=field_help(DistillConfig, "cache"))],
+    cache: Annotated[str, typer.Argument(help=field_help(DistillConfig, "cache"))],
     student: Annotated[str, from_config(DistillConfig, "student")],
     out: Annotated[Path, from_config(DistillConfig, "out")],
     strategy: Annotated[str, from_config(StrategyConfig, "name", "--strategy")] = DEFAULT_STRATEGY,

@@ -20,6 +20,7 @@ import torch
 
 from mtkd_cache import distributed
 from mtkd_cache.cache.reader import Cache
+from mtkd_cache.cache.store import fetch
 from mtkd_cache.data.batching import tokenize_rows
 from mtkd_cache.data.datasets import load_task_data
 from mtkd_cache.devices import resolve_device
@@ -65,6 +66,12 @@ def resolve_splits(config: DistillConfig, split_names: tuple[str, ...]) -> str:
     return selection_split
 
 
+def splits_read(config: DistillConfig) -> tuple[str, ...]:
+    """Every split a distill run may read (the selection split defaults to validation when it is cached)."""
+    splits = (config.train_split, config.eval_split, config.expert_split, config.selection_split or "validation")
+    return tuple(dict.fromkeys(splits + ((config.stage1.split,) if config.stage1 is not None else ())))
+
+
 def distill_identity(config: DistillConfig, cache: Cache) -> RunIdentity:
     """The identity of a distill run on `cache`: its config resolved against the cache (teacher subset,
     selection split, strategy options spelled out), and the content it reads."""
@@ -94,7 +101,14 @@ def distill(config: DistillConfig, events: ProgressEvents | None = None, *, prep
     torchrun (and `data_parallel`) the ranks train one student with DistributedDataParallel; rank 0 alone
     writes the run directory, and every rank returns the same report."""
     resolve_device(config.train.device)  # a missing GPU is refused first: nothing written, nothing loaded
-    prepared = prepared or PreparedCache(config.cache)
+    source: dict = {}
+    if prepared is None:
+        fetched = fetch(config.cache, config.teachers, splits_read(config), events)
+        if fetched.url is not None:
+            (events or SilentEvents()).note(f"{fetched.url}: {fetched.shards_moved} shard(s), {fetched.bytes_moved:,} "
+                                            f"bytes fetched into {fetched.path}")
+            source = {"cache_url": fetched.url, "manifest_sha256": fetched.manifest_sha256}  # recorded in run.json
+        prepared = PreparedCache(fetched.path)
     cache = prepared.cache
     identity = distill_identity(config, cache)
     teachers, selection_split = tuple(identity.config["teachers"]), identity.config["selection_split"]
@@ -128,7 +142,7 @@ def distill(config: DistillConfig, events: ProgressEvents | None = None, *, prep
     model, tokenizer, kind = build_student(config.student, cache.label_names, config.tokenizer)
     check_max_length(model, config.train.max_length)
     with run.removed_if_refused():  # a fresh --out refused while setting up is not left half-written
-        run.start(student_kind=kind)
+        run.start(student_kind=kind, **source)
         split_tensors = {split: SplitTensors(prepared.tokens(tokenizer, config.train.max_length, split),
                                              prepared.inputs(split).labels)
                          for split in dict.fromkeys((config.train_split, selection_split, config.eval_split))}
