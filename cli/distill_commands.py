@@ -182,7 +182,8 @@ def report(
     ensemble: Annotated[bool, typer.Option(help="Also score a majority-vote and a mean-probability ensemble of the "
                                                 "runs' students (distill runs of one cache).")] = False,
     split: Annotated[str | None, typer.Option(help="--ensemble: split to score on; default the runs' eval split.")] = None,
-    cache: Annotated[Path | None, typer.Option(help="--ensemble: cache to score on; default the first run's.")] = None,
+    cache: Annotated[str | None, typer.Option(help="--ensemble: cache (directory or URL) to score on; default the "
+                                                   "first run's.")] = None,
     device: Annotated[str, typer.Option(help="--ensemble: auto, cpu or cuda.")] = TrainConfig.device,
     threads: Threads = None,
     config: ConfigFile = None,

@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mtkd_cache.cache.store import fetch, is_url
 from mtkd_cache.devices import set_threads
 from mtkd_cache.distillation.configs import DistillConfig
 from mtkd_cache.distillation.strategies import StrategyConfig
@@ -18,7 +19,7 @@ from mtkd_cache.distillation.training import TrainConfig
 from mtkd_cache.layout import LEADERBOARD, LEADERBOARD_MD, ROBUSTNESS, ROBUSTNESS_PLOT
 from mtkd_cache.report.leaderboard import RunRow, robustness_over_subsets
 
-from .common import app, stdout, user_errors
+from .common import app, split_list, stdout, user_errors
 from .options import Threads, from_config
 from .progress import stderr
 
@@ -71,7 +72,8 @@ def _as_for_distill(config_class: type, name: str, **options) -> typer.models.Op
 @app.command()
 @user_errors
 def sweep(
-    cache: Annotated[Path | None, typer.Argument(help="Cache directory (or `cache` in the sweep file).")] = None,
+    cache: Annotated[str | None, typer.Argument(help="Cache directory or the URL a cache was pushed to (or `cache` "
+                                                    "in the sweep file).")] = None,
     student: Annotated[str | None, typer.Option(help="Student, as for distill.")] = None,
     out: Annotated[Path | None, typer.Option(help="Sweep directory: runs/, leaderboard.*, robustness.*.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML or YAML file with any of these options (flag names, "
@@ -107,6 +109,9 @@ def sweep(
     flags = {k: v for k, v in locals().items() if k != "config" and v not in (None, [])}
     options = {**(load_sweep_file(config) if config is not None else {}), **flags}
     set_threads(options.pop("threads", None))  # a process setting, not part of any run's identity
+    if is_url(str(options.get("cache", ""))):  # the sweep reads every split of its teacher pool: fetched once
+        pool = options.get("teachers")
+        options["cache"] = fetch(str(options["cache"]), split_list(pool) if isinstance(pool, str) else pool, None).path
     sweep_config = sweep_config_from_options(options)
     events = _SweepProgress()
     with events.progress:

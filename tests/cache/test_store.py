@@ -67,6 +67,12 @@ def test_distill_from_s3_equals_distill_from_the_local_cache(local_cache, s3, as
     assert recorded["fingerprint"] == json.loads((tmp_path / "local-run" / RUN_CONFIG).read_text())["fingerprint"]
     assert store_home() == tmp_path / "store-home" and (store_home() / "shards").is_dir()
 
+    # report --ensemble scores on the cache the first run names: here the URL, from the local store
+    ensemble = runner.invoke(app, ["report", str(tmp_path / "url-run"), str(tmp_path / "local-run"), "--ensemble",
+                                   "--device", "cpu"])
+    assert ensemble.exit_code == 0, ensemble.output
+    assert "ensemble of 2 students on 'test'" in " ".join(ensemble.stdout.split())
+
     again = fetch(url, None, ("train", "validation", "test"))  # a second command reading the same: 0 bytes move
     assert (again.shards_moved, again.bytes_moved) == (0, 0)
     result = runner.invoke(app, ["experts", url, "--split", "validation", "--json"])
@@ -106,3 +112,13 @@ def test_a_corrupted_remote_shard_is_refused_by_name_and_never_stored(local_cach
 
     intact = fetch(url, ("bert",), ("train",))  # what is intact still reads
     assert open_cache(intact.path).teacher_outputs("train", ["bert"]).logits.shape[1] == 1
+
+
+def test_sweep_reads_a_url(local_cache, s3, assets, tmp_path, request):
+    url = f"s3://mtkd/{request.node.name}/cache"
+    push(local_cache, url)
+    result = runner.invoke(app, ["sweep", url, "--student", "bilstm:embed=16,hidden=16", "--tokenizer", str(assets["bert"]),
+                                 "--out", str(tmp_path / "sweep"), "--strategy", "average", "--epochs", "1",
+                                 "--device", "cpu", "--expert-split", "validation", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "1 run(s) trained" in result.stdout and (tmp_path / "sweep" / "leaderboard.md").exists()
