@@ -100,7 +100,10 @@ def verify(cache: Annotated[str, typer.Argument(help="Cache directory, or the UR
     """Re-hash every listed shard, check it is the shard listed, recompute the fingerprints; exit 1 naming each problem."""
     from mtkd_cache.cache.store import fetch, is_url
 
-    local = fetch(cache, events=ProgressEvents()).path if is_url(cache) else Path(cache)
+    local = Path(cache)
+    if is_url(cache):
+        with ProgressEvents() as events:
+            local = fetch(cache, events=events).path
     report = verify_cache(local)
     for problem in report.problems:
         stdout.print(f"[red]BAD[/red] {problem}", highlight=False, soft_wrap=True)

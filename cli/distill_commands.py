@@ -41,7 +41,8 @@ def experts(
     config: ConfigFile = None,
 ) -> None:
     """Per-class accuracy of every teacher, the expert of each class and the fallback teacher M."""
-    opened = open_cache(fetch(cache, split_list(teachers), (split,), ProgressEvents()).path)
+    with ProgressEvents() as events:
+        opened = open_cache(fetch(cache, split_list(teachers), (split,), events).path)
     table = expert_table_for(opened, split, parse_teacher_subset(split_list(teachers), opened.teacher_names))
     if as_json:
         print(json.dumps(table.to_json(), indent=2))
@@ -74,7 +75,8 @@ def select_command(
     config: ConfigFile = None,
 ) -> None:
     """Write per-sample teacher weights of a strategy, and print who taught how often."""
-    local = fetch(cache, split_list(teachers), (split, expert_split), ProgressEvents()).path
+    with ProgressEvents() as events:
+        local = fetch(cache, split_list(teachers), (split, expert_split), events).path
     selection = select_teachers(local, split, StrategyConfig(strategy, noise_std, gamma), split_list(teachers),
                                 expert_split, seed, out)
     write_selection(out, selection)

@@ -10,8 +10,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mtkd_cache.cache.store import fetch, is_url
-from mtkd_cache.devices import set_threads
 from mtkd_cache.distillation.configs import DistillConfig
 from mtkd_cache.distillation.strategies import StrategyConfig
 from mtkd_cache.distillation.sweep import SweepConfig, SweepGrid, load_sweep_file, run_sweep, sweep_config_from_options
@@ -108,6 +106,9 @@ def sweep(
     """
     flags = {k: v for k, v in locals().items() if k != "config" and v not in (None, [])}
     options = {**(load_sweep_file(config) if config is not None else {}), **flags}
+    from mtkd_cache.cache.store import fetch, is_url
+    from mtkd_cache.devices import set_threads
+
     set_threads(options.pop("threads", None))  # a process setting, not part of any run's identity
     if is_url(str(options.get("cache", ""))):  # the sweep reads every split of its teacher pool: fetched once
         pool = options.get("teachers")

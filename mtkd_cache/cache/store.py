@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtkd_cache.atomic import temporary_path, write_atomically
+from mtkd_cache.atomic import link_atomically, write_atomically
 from mtkd_cache.cache.manifest import Manifest, ShardRecord, load_manifest, parse_manifest
 from mtkd_cache.cache.remote import filesystem, join
 from mtkd_cache.errors import CacheFormatError, CacheIntegrityError
@@ -90,7 +90,7 @@ def fetch(source: str | Path, teachers: Sequence[str] | None = None, splits: Seq
             fetched.shards_moved += 1
             fetched.bytes_moved += len(data)
             events.advance(len(data))
-        _link(blob, view / record.path)
+        link_atomically(blob, view / record.path)  # the view's file is the stored shard, not a copy
     if not (view / MANIFEST_NAME).is_file():
         write_atomically(view / MANIFEST_NAME, manifest_bytes, durable=False)  # last: the view is usable once listed
     return fetched
@@ -105,16 +105,3 @@ def _wanted(manifest: Manifest, teachers: Sequence[str] | None, splits: Sequence
 def _present(view: Path, record: ShardRecord) -> bool:
     path = view / record.path
     return path.is_file() and path.stat().st_size == record.bytes
-
-
-def _link(blob: Path, target: Path) -> None:
-    """Put the stored shard at its path in the view: a hard link (no second copy), else a copy."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(target)
-    temporary.unlink(missing_ok=True)  # a killed fetch of this process id's
-    try:
-        os.link(blob, temporary)
-    except OSError:
-        write_atomically(target, blob.read_bytes(), durable=False)
-        return
-    os.replace(temporary, target)
