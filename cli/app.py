@@ -20,7 +20,7 @@ from mtkd_cache.runners.prompts import PromptConfig, parse_verbalizers
 from mtkd_cache.runners.teachers import parse_teachers
 
 from .common import app, quiet_console, split_list, stdout, user_errors
-from .options import ConfigFile, from_config
+from .options import ConfigFile, Threads, from_config
 from .progress import ProgressEvents, stderr
 
 
@@ -57,6 +57,7 @@ def build(
     concurrency: Annotated[int, from_config(EndpointOptions, "concurrency")] = EndpointOptions.concurrency,
     request_timeout: Annotated[float, from_config(EndpointOptions, "timeout", "--request-timeout")] = EndpointOptions.timeout,
     retries: Annotated[int, from_config(EndpointOptions, "retries")] = EndpointOptions.retries,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Run every teacher once over the dataset and write (or resume) the teacher-logit cache."""
@@ -101,7 +102,7 @@ def info(
     teachers = Table("teacher", "source", "backend", "dtype", "max len", "weights", "truncated")
     for t in summary.teachers:
         truncated = sum(t["truncated_rows"].values())
-        teachers.add_row(t["name"], t["source"], t["backend"], t["dtype"], str(t["max_length"]), t["weights_sha256"],
+        teachers.add_row(t["name"], t["source"], t["backend"], t["dtype"], str(t["max_length"]), t["weights_sha256"][:12],
                          f"{truncated:,} rows")
     stdout.print(teachers)
     stdout.print(f"{summary.shards} shards, {summary.total_bytes / 1e6:.2f} MB, logits {summary.logits_dtype}, "
@@ -110,9 +111,17 @@ def info(
 
 @app.command()
 @user_errors
-def verify(cache: Annotated[Path, typer.Argument(help="Cache directory.")], config: ConfigFile = None) -> None:
+def verify(cache: Annotated[str, typer.Argument(help="Cache directory, or the URL a cache was pushed to (fetched "
+                                                     "whole into the local store first).")],
+           config: ConfigFile = None) -> None:
     """Re-hash every listed shard, check it is the shard listed, recompute the fingerprints; exit 1 naming each problem."""
-    report = verify_cache(cache)
+    from mtkd_cache.cache.store import fetch, is_url
+
+    local = Path(cache)
+    if is_url(cache):
+        with ProgressEvents() as events:
+            local = fetch(cache, events=events).path
+    report = verify_cache(local)
     for problem in report.problems:
         stdout.print(f"[red]BAD[/red] {problem}", highlight=False, soft_wrap=True)
     for item in report.incomplete:
@@ -132,6 +141,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Working directory for the prepared data, teachers, cache and runs.")] = Path("demo-out"),
     device: Annotated[str, from_config(RunnerConfig, "device", help="auto (CUDA when present), cpu or cuda[:N], for the teachers, the cache and the students.")] = RunnerConfig.device,
     per_class: Annotated[int | None, typer.Option(help="Use at most this many articles per topic (a quick run).")] = None,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """The whole product on real BBC News text with MiniLM teachers, offline; a second run reuses everything."""

@@ -20,7 +20,7 @@ from mtkd_cache.data.augment import (
 )
 
 from .common import app, split_list, stdout, user_errors
-from .options import ConfigFile, from_config
+from .options import ConfigFile, Threads, from_config
 from .progress import ProgressEvents
 
 _DEFAULT_OPS = ",".join(f"{name}={p:g}" for name, p in DEFAULT_OPS)
@@ -49,6 +49,7 @@ def augment(
     label_names: Annotated[str | None, from_config(DatasetSpec, "label_names", help="Comma-separated label names, as for build, when the data's own are missing.", show_default=False)] = None,
     dataset_config: Annotated[str | None, from_config(DatasetSpec, "config_name", show_default=False)] = DatasetSpec.config_name,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Write an unlabeled transfer split of augmented copies of a split's texts; `build` reads it like any split."""

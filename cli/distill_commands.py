@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from mtkd_cache import DatasetSpec, open_cache
+from mtkd_cache.cache.store import fetch
 from mtkd_cache.distillation.configs import DistillConfig, FinetuneConfig, TransferStage
 from mtkd_cache.distillation.experts import parse_teacher_subset
 from mtkd_cache.distillation.runs import distill as run_distill
@@ -23,16 +24,17 @@ from mtkd_cache.report.comparison import compare_runs
 from mtkd_cache.serve.ensemble import EnsembleReport, evaluate_ensemble
 
 from .common import app, split_list, stdout, user_errors
-from .options import ConfigFile, field_help, from_config
+from .options import ConfigFile, Threads, field_help, from_config
 from .progress import ProgressEvents, stderr
 
 DEFAULT_STRATEGY = StrategyConfig.name.value
+CACHE_OR_URL = "Cache directory, or the URL a cache was pushed to (what is read is fetched once into the local store)."
 
 
 @app.command()
 @user_errors
 def experts(
-    cache: Annotated[Path, typer.Argument(help="Cache directory.")],
+    cache: Annotated[str, typer.Argument(help=CACHE_OR_URL)],
     split: Annotated[str, from_config(DistillConfig, "expert_split", "--split")] = DistillConfig.expert_split,
     teachers: Annotated[str | None, from_config(DistillConfig, "teachers")] = None,
     expert_confidence: Annotated[float | None, from_config(StrategyConfig, "expert_confidence")] = None,
@@ -42,7 +44,8 @@ def experts(
 ) -> None:
     """Per-class accuracy of every teacher (with its 95% credible interval), the expert of each class and the
     fallback teacher M."""
-    opened = open_cache(cache)
+    with ProgressEvents() as events:
+        opened = open_cache(fetch(cache, split_list(teachers), (split,), events).path)
     strategy = StrategyConfig(expert_confidence=expert_confidence, calibrate=calibrate)
     table = expert_table_for(opened, split, parse_teacher_subset(split_list(teachers), opened.teacher_names), strategy)
     low, high = table.credible_intervals()
@@ -71,7 +74,7 @@ def experts(
 @app.command("select")
 @user_errors
 def select_command(
-    cache: Annotated[Path, typer.Argument(help="Cache directory.")],
+    cache: Annotated[str, typer.Argument(help=CACHE_OR_URL)],
     strategy: Annotated[str, typer.Option(help=field_help(StrategyConfig, "name"))],  # required here: no default
     out: Annotated[Path, typer.Option(help="Parquet file to write (sample_id, weights).")],
     split: Annotated[str, typer.Option(help="Split to select on.")] = DistillConfig.train_split,
@@ -84,10 +87,14 @@ def select_command(
     correct_fallback: Annotated[str, from_config(StrategyConfig, "correct_fallback", metavar="[best|gold]")] = StrategyConfig.correct_fallback.value,
     expert_confidence: Annotated[float | None, from_config(StrategyConfig, "expert_confidence")] = None,
     calibrate: Annotated[bool, from_config(StrategyConfig, "calibrate")] = StrategyConfig.calibrate,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Write per-sample teacher weights of a strategy, and print who taught how often."""
-    selection = select_teachers(cache, split, StrategyConfig(strategy, noise_std, gamma, unlabeled, correct_fallback, expert_confidence, calibrate), split_list(teachers),
+    with ProgressEvents() as events:
+        local = fetch(cache, split_list(teachers), (split, expert_split), events).path
+    selection = select_teachers(local, split, StrategyConfig(strategy, noise_std, gamma, unlabeled, correct_fallback,
+                                                             expert_confidence, calibrate), split_list(teachers),
                                 expert_split, seed, out)
     write_selection(out, selection)
     if selection.followed is not None:
@@ -109,14 +116,13 @@ def _print_result(result) -> None:
     stdout.print(f"[bold]{result.run_dir}[/bold]: accuracy {report.accuracy:.4f}  macro-F1 {report.macro_f1:.4f}"
                  f"  MCC {report.mcc:.4f}  (best epoch {report.best_epoch}, "
                  f"{result.train.train_seconds:.1f} s training)")
-    for warning in result.warnings:
-        stderr.print(f"[yellow]warning:[/yellow] {warning}")
+    # result.warnings were shown before training (progress notes), when they can still save a run
 
 
 @app.command("distill")
 @user_errors
 def distill_command(
-    cache: Annotated[Path, typer.Argument(help=field_help(DistillConfig, "cache"))],
+    cache: Annotated[str, typer.Argument(help=field_help(DistillConfig, "cache"))],
     student: Annotated[str, from_config(DistillConfig, "student")],
     out: Annotated[Path, from_config(DistillConfig, "out")],
     strategy: Annotated[str, from_config(StrategyConfig, "name", "--strategy")] = DEFAULT_STRATEGY,
@@ -145,6 +151,7 @@ def distill_command(
     stage1_split: Annotated[str | None, typer.Option(help=field_help(TransferStage, "split"))] = None,
     stage1_epochs: Annotated[int, from_config(TransferStage, "epochs", "--stage1-epochs")] = TransferStage.epochs,
     stage1_strategy: Annotated[str | None, from_config(TransferStage, "strategy", "--stage1-strategy")] = None,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Train a student from the cache alone with a selection strategy; write the student and the report."""
@@ -180,6 +187,7 @@ def finetune_command(
     patience: Annotated[int | None, from_config(TrainConfig, "patience")] = None,
     train_split: Annotated[str, from_config(FinetuneConfig, "train_split")] = FinetuneConfig.train_split,
     eval_split: Annotated[str, from_config(FinetuneConfig, "eval_split")] = FinetuneConfig.eval_split,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Plain supervised fine-tuning (a teacher, or a student before distillation); no cache involved."""
@@ -202,8 +210,10 @@ def report(
     ensemble: Annotated[bool, typer.Option(help="Also score a majority-vote and a mean-probability ensemble of the "
                                                 "runs' students (distill runs of one cache).")] = False,
     split: Annotated[str | None, typer.Option(help="--ensemble: split to score on; default the runs' eval split.")] = None,
-    cache: Annotated[Path | None, typer.Option(help="--ensemble: cache to score on; default the first run's.")] = None,
+    cache: Annotated[str | None, typer.Option(help="--ensemble: cache (directory or URL) to score on; default the "
+                                                   "first run's.")] = None,
     device: Annotated[str, typer.Option(help="--ensemble: auto, cpu or cuda.")] = TrainConfig.device,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Compare runs side by side: accuracy, macro-F1, MCC, median per-class difference to each teacher."""

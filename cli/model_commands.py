@@ -13,7 +13,7 @@ from mtkd_cache.serve.export import ExportConfig, export_model
 from mtkd_cache.serve.predict import PredictConfig, predict_side_by_side
 
 from .common import app, split_list, stdout, user_errors
-from .options import ConfigFile, field_help, from_config
+from .options import ConfigFile, Threads, field_help, from_config
 from .progress import stderr
 
 
@@ -27,6 +27,7 @@ def export(
     label_names: Annotated[str | None, from_config(ExportConfig, "label_names")] = None,
     dynamo: Annotated[bool, from_config(ExportConfig, "dynamo")] = ExportConfig.dynamo,
     tolerance: Annotated[float, from_config(ExportConfig, "tolerance")] = ExportConfig.tolerance,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Export a teacher or student to ONNX with dynamic axes and label names; check it against torch (exit 1 on failure)."""
@@ -54,6 +55,7 @@ def predict(
     label_names: Annotated[str | None, from_config(PredictConfig, "label_names")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     ensemble: Annotated[bool, from_config(PredictConfig, "ensemble")] = PredictConfig.ensemble,
+    threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Each model's label and probability for each text, side by side (CPU)."""

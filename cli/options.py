@@ -68,3 +68,25 @@ ConfigFile = Annotated[
                  help="TOML or YAML file of this command's options (flag names as keys, e.g. max-length = 64); "
                       "flags on the command line override it."),
 ]
+
+
+def _apply_threads(ctx: typer.Context, param: typer.CallbackParam, value: int | None) -> int | None:
+    if value is None or ctx.resilient_parsing:
+        return value
+    from mtkd_cache.devices import set_threads
+
+    try:
+        set_threads(value)
+    except ConfigError as error:
+        exit_with_error(error)
+    return value
+
+
+# Every compute command takes `threads: Threads = None`; the thread count is applied while the options are
+# parsed (from the command line or a --config file, so a sweep's config file can set it too).
+Threads = Annotated[
+    int | None,
+    typer.Option("--threads", callback=_apply_threads,
+                 help="CPU threads for torch in this process (default: one per core). Several jobs side by side "
+                      "on one machine run faster with fewer each."),
+]

@@ -17,8 +17,8 @@ from mtkd_cache.distillation.training import TrainConfig
 from mtkd_cache.layout import LEADERBOARD, LEADERBOARD_MD, ROBUSTNESS, ROBUSTNESS_PLOT
 from mtkd_cache.report.leaderboard import RunRow, robustness_over_subsets
 
-from .common import app, stdout, user_errors
-from .options import from_config
+from .common import app, split_list, stdout, user_errors
+from .options import Threads, from_config
 from .progress import stderr
 
 
@@ -70,7 +70,8 @@ def _as_for_distill(config_class: type, name: str, **options) -> typer.models.Op
 @app.command()
 @user_errors
 def sweep(
-    cache: Annotated[Path | None, typer.Argument(help="Cache directory (or `cache` in the sweep file).")] = None,
+    cache: Annotated[str | None, typer.Argument(help="Cache directory or the URL a cache was pushed to (or `cache` "
+                                                    "in the sweep file).")] = None,
     student: Annotated[str | None, typer.Option(help="Student, as for distill.")] = None,
     out: Annotated[Path | None, typer.Option(help="Sweep directory: runs/, leaderboard.*, robustness.*.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML or YAML file with any of these options (flag names, "
@@ -101,6 +102,7 @@ def sweep(
     correct_fallback: Annotated[str | None, _as_for_distill(StrategyConfig, "correct_fallback")] = None,
     expert_confidence: Annotated[float | None, _as_for_distill(StrategyConfig, "expert_confidence")] = None,
     calibrate: Annotated[bool | None, _as_for_distill(StrategyConfig, "calibrate")] = None,
+    threads: Threads = None,  # or `threads = N` in the sweep file
 ) -> None:
     """Distil a grid of strategies × α × T × seeds × teacher subsets from one load of the cache; rank them.
 
@@ -108,6 +110,13 @@ def sweep(
     """
     flags = {k: v for k, v in locals().items() if k != "config" and v not in (None, [])}
     options = {**(load_sweep_file(config) if config is not None else {}), **flags}
+    from mtkd_cache.cache.store import fetch, is_url
+    from mtkd_cache.devices import set_threads
+
+    set_threads(options.pop("threads", None))  # a process setting, not part of any run's identity
+    if is_url(str(options.get("cache", ""))):  # the sweep reads every split of its teacher pool: fetched once
+        pool = options.get("teachers")
+        options["cache"] = fetch(str(options["cache"]), split_list(pool) if isinstance(pool, str) else pool, None).path
     sweep_config = sweep_config_from_options(options)
     events = _SweepProgress()
     with events.progress:

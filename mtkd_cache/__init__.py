@@ -12,6 +12,8 @@ does is a function here taking a config dataclass (README, "Python API"):
     run_sweep(SweepConfig)            a grid of distill runs from one loaded cache, with its leaderboard
     compare_runs(run_dirs, out)       runs side by side
     export_model(ExportConfig)        ONNX, with a parity check
+    CacheDataset / collate / cached_distillation_loss / DistillationTrainer
+                                      distil from a cache inside your own loop or transformers.Trainer
 
 The cache-side names load with the package; the training and serving ones on first use, so that
 `import mtkd_cache` (and every CLI command) does not pay for what it does not touch.
@@ -54,6 +56,8 @@ _LAZY = {
     "mtkd_cache.report.leaderboard": ("Metric",),
     "mtkd_cache.serve.export": ("ExportConfig", "ExportReport", "export_model"),
     "mtkd_cache.cache.sharing": ("push", "pull", "merge"),
+    "mtkd_cache.distillation.torch_data": ("CacheDataset", "collate", "cached_distillation_loss", "student_inputs"),
+    "mtkd_cache.distillation.hf_trainer": ("DistillationTrainer",),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 

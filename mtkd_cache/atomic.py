@@ -65,6 +65,25 @@ def write_atomically(path: Path, data: bytes | str, *, durable: bool = True, fau
         fault_point(f"{fault}_renamed")
 
 
+def link_atomically(source: Path, target: Path) -> None:
+    """Put `source`'s bytes at `target` atomically without a second copy: a hard link under the temporary
+    name, renamed into place; a copy (write_atomically) where the filesystem has no hard links between them."""
+    temporary = temporary_path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary.unlink(missing_ok=True)  # a leftover of this pid
+        os.link(source, temporary)
+    except OSError:
+        write_atomically(target, source.read_bytes(), durable=False)
+        return
+    try:
+        os.replace(temporary, target)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise write_error(target, error) from error
+
+
 def _create_new(path: Path):
     """A fresh file at `path` for writing, never through a symbolic link: a leftover of this pid (or a link
     planted under the temporary's name) is removed first — unlinking a link removes the link, not its target —

@@ -27,6 +27,7 @@ def validate_name(name: str, what: str) -> None:
 
 # --- CACHE/: the cache directory (owned by the cache stage; DESIGN.md "The cache") ---------------------
 #   manifest.json                                         the commit point: readers use only what it lists
+#   README.md                                             a pushed cache's dataset card (push writes it, nothing reads it)
 #   .lock                                                 held by the one process writing the cache
 #   .receipts/<shard>.json                                finished shards of ranks > 0, adopted by rank 0
 #   inputs/<split>/rows-<start>-<end>.parquet             a split's texts and labels
@@ -35,6 +36,7 @@ def validate_name(name: str, what: str) -> None:
 #   student-inputs/                                       student tokenizations kept for the next run (distill)
 
 MANIFEST_NAME = "manifest.json"
+CARD_NAME = "README.md"  # the dataset card `push` writes beside a pushed cache (cache/card.py); never read back
 LOCK_NAME = ".lock"
 RECEIPTS_DIR = ".receipts"
 INPUTS_DIR = "inputs"
@@ -73,7 +75,10 @@ def receipt_path(shard_path: str) -> str:
 # --- RUN/: a distill, finetune or sweep run directory (owned by the distill and report stages) ---------
 # Every name below is relative to a run directory (OUT of `distill` / `finetune`, or OUT/runs/<run>/ of a
 # sweep run), except the sweep's and `report`'s own files, which sit in their OUT.
-RUN_CONFIG = "config.json"  # the resolved run configuration and its fingerprint (not a checkpoint's config.json)
+# The resolved run configuration and its fingerprint. Not "config.json": that name makes a run directory look
+# like a transformers checkpoint (`pipeline(model=RUN)` failed with "Should have a model_type key").
+RUN_CONFIG = "run.json"
+LEGACY_RUN_CONFIG = "config.json"  # what runs written before 0.2 call it: still read, replaced on resume
 RUN_REPORT = "report.json"
 RUN_REPORT_MD = "report.md"
 PER_CLASS_PLOT = "per_class_diff.png"

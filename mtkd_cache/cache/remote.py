@@ -29,12 +29,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mtkd_cache.atomic import TEMP_PREFIX, temporary_name
+from mtkd_cache.atomic import TEMP_PREFIX, temporary_name, write_atomically
 from mtkd_cache.cache.lock import CacheLock
 from mtkd_cache.cache.manifest import Manifest, ShardRecord, parse_manifest
 from mtkd_cache.errors import CacheIntegrityError, CacheWriteError, ConfigError, LockError
 from mtkd_cache.hashing import sha256_bytes
-from mtkd_cache.layout import MANIFEST_NAME, SHARD_FOLDERS
+from mtkd_cache.layout import CARD_NAME, MANIFEST_NAME, SHARD_FOLDERS
 from mtkd_cache.progress import ProgressEvents
 
 LOCK_WAIT_SECONDS = 300.0  # how long a push waits for another push (or a build) holding a directory remote
@@ -72,6 +72,16 @@ def read_remote_manifest(url: str) -> Manifest | None:
     except FileNotFoundError:
         return None
     return parse_manifest(data, f"{url.rstrip('/')}/{MANIFEST_NAME}")
+
+
+def write_card(fs, root: str, text: str) -> None:
+    """The dataset card (CARD_NAME) at the remote's root: a derived file, rewritten whole by every push."""
+    path = join(root, CARD_NAME)
+    with _refusals_are_one_line(path):
+        if _is_directory(fs):
+            write_atomically(Path(root) / CARD_NAME, text, durable=False)
+        else:
+            fs.pipe_file(path, text.encode())
 
 
 def _is_directory(fs) -> bool:

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtkd_cache.cache.card import render_card
 from mtkd_cache.cache.committer import make_directory, refuse_foreign_directory, refuse_symlinks
 from mtkd_cache.cache.destination import is_new_or_empty, remove_stale_temporaries, undone_on_failure
 from mtkd_cache.cache.lock import CacheLock
@@ -35,6 +36,7 @@ from mtkd_cache.cache.remote import (
     read_remote_manifest,
     remove_stale_uploads,
     upload,
+    write_card,
 )
 from mtkd_cache.cache.shards import read_verified_bytes, shard_is_intact, write_bytes_atomically
 from mtkd_cache.errors import CacheFormatError, CacheIntegrityError, CacheMismatchError, CacheWriteError, ConfigError
@@ -147,7 +149,8 @@ def push(cache_dir: Path, url: str, events: ProgressEvents | None = None) -> Tra
             report.bytes_moved += len(data)
             events.advance(len(data))
         # Merged again with the manifest as it is now: another push may have committed since it was read.
-        commit_manifest(fs, root, url, lambda current: _with_local(current, local, str(cache_dir)))
+        committed = commit_manifest(fs, root, url, lambda current: _with_local(current, local, str(cache_dir)))
+        write_card(fs, root, render_card(committed, url))  # every teacher the remote now lists
         remove_stale_uploads(fs, root, started)
     report.seconds = time.perf_counter() - clock
     return report

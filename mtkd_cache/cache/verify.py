@@ -196,7 +196,7 @@ def summarize_manifest(manifest: Manifest, where: str) -> CacheSummary:
     output_bytes = sum(r.bytes for r in manifest.shards if r.teacher is not None)
     output_rows = sum(r.rows for r in manifest.shards if r.teacher is not None)
     teachers = [{"name": t.name, "source": t.source, "backend": t.backend, "dtype": t.dtype, "device": t.device,
-                 "max_length": t.max_length, "revision": t.revision, "weights_sha256": t.weights_sha256[:12],
+                 "max_length": t.max_length, "revision": t.revision, "weights_sha256": t.weights_sha256,
                  "truncated_rows": t.truncated_rows, "providers": t.providers, **_language_model_fields(t)}
                 for t in manifest.teachers.values()]
     return CacheSummary(

@@ -101,6 +101,7 @@ class SplitData:
 class TaskData:
     label_names: tuple[str, ...]
     splits: dict[str, SplitData]
+    notes: tuple[str, ...] = ()  # what loading decided on the user's behalf (files it ignored), to show them
 
     @property
     def fingerprint(self) -> str:
@@ -112,7 +113,7 @@ class TaskData:
 
 def load_task_data(spec: DatasetSpec) -> TaskData:
     """Load and validate the splits named in `spec`; raise `DataError` on anything unusable."""
-    dataset_dict = _load_dataset_dict(spec)
+    dataset_dict, notes = _load_dataset_dict(spec)
     split_names = list(spec.splits) if spec.splits else list(dataset_dict.keys())
     unknown = [name for name in split_names if name not in dataset_dict]
     if unknown:
@@ -121,15 +122,23 @@ def load_task_data(spec: DatasetSpec) -> TaskData:
             f"it has {', '.join(map(repr, dataset_dict.keys()))}. Pass --splits with those names."
         )
     columns = {name: _columns_of(dataset_dict[name], name, spec) for name in split_names}
+    if all(labels is None for _, _, labels in columns.values()):
+        available = sorted({c for name in split_names for c in dataset_dict[name].column_names})
+        if not spec.label_names:  # --label-names here would build a cache without one label: say what is wrong
+            raise DataError(f"no split has the column '{spec.label_column}' (--label-column); the columns are "
+                            f"{', '.join(available)}: pass --label-column with the one that holds the labels.")
+        notes = (*notes, f"no split has the column '{spec.label_column}' (--label-column): every split is cached "
+                         f"unlabeled (its columns are {', '.join(available)})")
     label_names = _label_names(dataset_dict, columns, spec)
     splits = {}
     for name, (texts, pairs, raw_labels) in columns.items():
         labels = _label_indices(raw_labels, len(texts), label_names, name)
         splits[name] = SplitData(name, texts, pairs, labels, label_names)
-    return TaskData(label_names=label_names, splits=splits)
+    return TaskData(label_names=label_names, splits=splits, notes=notes)
 
 
-def _load_dataset_dict(spec: DatasetSpec):
+def _load_dataset_dict(spec: DatasetSpec) -> tuple:
+    """(DatasetDict, notes): the splits, and what was ignored to find them."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -137,16 +146,23 @@ def _load_dataset_dict(spec: DatasetSpec):
     try:
         if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
             loaded = datasets.load_from_disk(str(path))
-            return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+            return (loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})), ()
+        notes: tuple[str, ...] = ()
         if path.is_dir():
-            builder, data_files = _split_files_in(path)
+            builder, data_files, ignored = _split_files_in(path)
+            if ignored:
+                notes = (f"{path}: read the {builder} split files ({', '.join(Path(f).name for f in data_files.values())}) "
+                         f"and ignored {', '.join(ignored)}, which are in another format",)
         elif path.is_file():
             builder = _builder_for(path)
             data_files = {"train": str(path)}
         elif _looks_like_local_path(spec.source):
             raise DataError(f"dataset path {spec.source} does not exist; check the --dataset path.")
         else:
-            return datasets.load_dataset(spec.source, spec.config_name)
+            try:
+                return datasets.load_dataset(spec.source, spec.config_name), ()
+            except Exception as error:
+                raise DataError(_describe_hub_failure(spec.source, error)) from error
         if builder != "parquet":
             for file in data_files.values():
                 _check_utf8(Path(file))
@@ -159,14 +175,18 @@ def _load_dataset_dict(spec: DatasetSpec):
         # every file to the first one's): a transfer split from `mtkd-cache augment` has no label column
         # and carries source_split, source_row and augmentation.
         return datasets.DatasetDict({split: datasets.load_dataset(builder, data_files={split: file}, **extra)[split]
-                                     for split, file in data_files.items()})
+                                     for split, file in data_files.items()}), notes
     except DataError:
         raise
     except Exception as error:  # datasets wraps parser errors in many types; report the root cause
         raise DataError(_describe_load_failure(spec.source, error)) from error
 
 
-def _split_files_in(directory: Path) -> tuple[str, dict[str, str]]:
+def _split_files_in(directory: Path) -> tuple[str, dict[str, str], list[str]]:
+    """(builder, split -> file, ignored file names). Like `datasets.load_dataset` on a directory, the split
+    files are found by name: when files of several formats sit together (a labels.json or notes.json beside
+    train.csv), the format of the train/validation/dev/test files wins and the other files are ignored;
+    every file of that format is a split (a transfer split from `augment` has its own name)."""
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in _FILE_BUILDERS)
     if not files:
         raise DataError(
@@ -174,15 +194,22 @@ def _split_files_in(directory: Path) -> tuple[str, dict[str, str]]:
             "validation.jsonl, test.parquet."
         )
     builders = {_builder_for(p) for p in files}
+    ignored: list[str] = []
     if len(builders) > 1:
-        raise DataError(f"{directory} mixes file formats ({', '.join(p.name for p in files)}); use one format.")
+        canonical = {_builder_for(p) for p in files if p.stem in _CANONICAL_SPLITS}
+        if len(canonical) != 1:
+            raise DataError(f"{directory} mixes file formats ({', '.join(p.name for p in files)}) and its split files "
+                            f"({'/'.join(_CANONICAL_SPLITS)}) do not share one; keep one format for the splits.")
+        builders = canonical
+        ignored = [p.name for p in files if _builder_for(p) not in canonical]
+        files = [p for p in files if _builder_for(p) in canonical]
     data_files = {}
     files.sort(key=lambda p: (_CANONICAL_SPLITS.index(p.stem) if p.stem in _CANONICAL_SPLITS else 99, p.stem))
     for file in files:
         if file.stem in data_files:
             raise DataError(f"{directory} has two files for split '{file.stem}'; keep one.")
         data_files[file.stem] = str(file)
-    return builders.pop(), data_files
+    return builders.pop(), data_files, ignored
 
 
 def _check_utf8(path: Path) -> None:
@@ -237,6 +264,22 @@ def _builder_for(path: Path) -> str:
 
 def _looks_like_local_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).suffix.lower() in _FILE_BUILDERS or source.count("/") > 1
+
+
+def _describe_hub_failure(source: str, error: BaseException) -> str:
+    """A name that is neither a local path nor a loadable hub dataset: most often a typo of a local directory
+    (`--dataset nwes`), so the nearest names here are offered; datasets' own root cause ("not cached in None")
+    names neither."""
+    import difflib
+    import os
+
+    nearby = difflib.get_close_matches(source, [p.name for p in Path.cwd().iterdir()], n=3, cutoff=0.6)
+    hint = (f"did you mean {' or '.join(f'./{name}' for name in nearby)}?" if nearby
+            else "check the spelling, or pass a local path (./DIR or a file).")
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    why = ("the Hub is switched off (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE) and it is not in the local datasets cache"
+           if offline else f"the Hub did not give it ({str(error).splitlines()[0] if str(error) else type(error).__name__})")
+    return f"--dataset {source}: no file or directory of that name here, and as a hub dataset id {why}; {hint}"
 
 
 def _describe_load_failure(source: str, error: BaseException) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mtkd_cache.cache.store import is_url
 from mtkd_cache.data.datasets import DatasetSpec
 from mtkd_cache.distillation.checks import require_finite
 from mtkd_cache.distillation.strategies import Strategy, StrategyConfig
@@ -47,7 +48,9 @@ class TransferStage:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    cache: Path = field(metadata={"help": "Cache directory (the only input: no teacher is loaded)."})
+    cache: Path | str = field(metadata={"help": "Cache directory, or the URL a cache was pushed to (s3://…, hf://…: "
+                                                "what the run reads is fetched once into the local store). The only "
+                                                "input: no teacher is loaded."})
     student: str = field(metadata={"help": "A checkpoint directory or hub id, bert[:layers=4,hidden=256,heads=4], "
                                            "bilstm[:embed=128,hidden=256], or a config .json."})
     out: Path = field(metadata={"help": "Run directory (resumed if it holds the same run)."})
@@ -67,6 +70,8 @@ class DistillConfig:
     stage1: TransferStage | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.cache, Path) and not is_url(self.cache):
+            object.__setattr__(self, "cache", Path(self.cache))  # a path given as a string
         require_finite("--alpha", self.alpha)
         require_finite("--temperature", self.temperature)
         if not 0 <= self.alpha <= 1:

@@ -23,7 +23,7 @@ from mtkd_cache.distillation.training import EpochRecord, TrainResult
 from mtkd_cache.distributed import DistributedContext
 from mtkd_cache.errors import ConfigError, MtkdError
 from mtkd_cache.hashing import sha256_bytes
-from mtkd_cache.layout import CHECKPOINT, METRICS_LOG, RUN_CONFIG, STAGE1_DIR
+from mtkd_cache.layout import CHECKPOINT, LEGACY_RUN_CONFIG, METRICS_LOG, RUN_CONFIG, STAGE1_DIR
 from mtkd_cache.progress import ProgressEvents
 from mtkd_cache.report.run_report import RunReport, write_report
 
@@ -32,7 +32,7 @@ PLACES = ("out", "cache")  # where things live, left out of the identity
 
 @dataclass(frozen=True)
 class RunIdentity:
-    config: dict  # the resolved configuration, JSON-ready, as config.json records it
+    config: dict  # the resolved configuration, JSON-ready, as RUN_CONFIG (run.json) records it
     inputs: dict  # what the run reads, by content (fingerprints and weight hashes)
 
     @property
@@ -43,9 +43,9 @@ class RunIdentity:
 
 def check_run_directory(directory: Path, option: str = "--out", ours: tuple[str, ...] = ()) -> None:
     """Refuse `directory` as a run's directory unless it is new, empty, or already this tool's: it holds a
-    RUN/config.json that records a fingerprint, or a checkpoint, or one of the names in `ours` (a sweep's
+    RUN/run.json (or an older run's config.json) that records a fingerprint, or a checkpoint, or one of the names in `ours` (a sweep's
     files). Called before anything is written, so pointing --out at a teacher's or any other directory never
-    overwrites its config.json. Killed writers' temporaries (TEMP_PREFIX) count as nothing."""
+    overwrites its files. Killed writers' temporaries (TEMP_PREFIX) count as nothing."""
     if not directory.exists():
         return
     if not directory.is_dir():
@@ -72,13 +72,25 @@ def check_output_file(path: Path, option: str = "--out") -> None:
 
 
 def _records_a_run(directory: Path) -> bool:
-    if (directory / CHECKPOINT).is_file():
-        return True
+    return (directory / CHECKPOINT).is_file() or read_run_config(directory) is not None
+
+
+def read_run_config(directory: Path) -> dict | None:
+    """The run configuration a run directory records (RUN_CONFIG, or LEGACY_RUN_CONFIG of older runs), or None
+    when there is none: a transformers config.json has no fingerprint, so it is never taken for one."""
+    for name in (RUN_CONFIG, LEGACY_RUN_CONFIG):
+        record = _run_record(directory / name)
+        if record is not None:
+            return record
+    return None
+
+
+def _run_record(path: Path) -> dict | None:
     try:
-        record = json.loads((directory / RUN_CONFIG).read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and isinstance(record.get("fingerprint"), str)
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("fingerprint"), str) else None
 
 
 def prepare_directory(directory: Path, option: str = "--out") -> bool:
@@ -106,7 +118,7 @@ class Run:
         self.directory = directory
         self.identity = identity
         self.context = context
-        self.config = dict(identity.config)  # config.json without the fingerprint, once `start` has run
+        self.config = dict(identity.config)  # run.json without the fingerprint, once `start` has run
         self.created = False  # `start` made the directory: a run refused before its first checkpoint removes it
 
     @property
@@ -128,13 +140,16 @@ class Run:
         return state
 
     def start(self, **derived) -> None:
-        """Create the directory and record config.json: the identity's configuration, what was derived while
+        """Create the directory and record run.json: the identity's configuration, what was derived while
         setting up (e.g. the student's kind) and the fingerprint."""
         self.created = prepare_directory(self.directory) or self.created
         self.config = {**self.identity.config, **derived}
         if self.context.is_main:
             record = {**self.config, "fingerprint": self.fingerprint}
             write_atomically(self.directory / RUN_CONFIG, json.dumps(record, indent=1), durable=False)
+            legacy = self.directory / LEGACY_RUN_CONFIG
+            if _run_record(legacy) is not None:
+                legacy.unlink()  # an older run resumed: its record now lives under the new name
 
     @contextlib.contextmanager
     def removed_if_refused(self):
@@ -160,7 +175,13 @@ class Run:
         if not self.context.is_main:
             return
         write_report(self.directory, report, label_names)
-        write_atomically(self.directory / METRICS_LOG, history_lines(result, stage1), durable=False)
+        self.write_metrics(result, stage1)
+
+    def write_metrics(self, result: TrainResult, stage1: TrainResult | None = None) -> None:
+        """metrics.jsonl as far as training got: rewritten after every epoch, so a log or a dashboard follows
+        a long run while it trains (main rank)."""
+        if self.context.is_main:
+            write_atomically(self.directory / METRICS_LOG, history_lines(result, stage1), durable=False)
 
 
 def epoch_json(record: EpochRecord) -> dict:

@@ -20,6 +20,7 @@ import torch
 
 from mtkd_cache import distributed
 from mtkd_cache.cache.reader import Cache
+from mtkd_cache.cache.store import fetch
 from mtkd_cache.data.batching import tokenize_rows
 from mtkd_cache.data.datasets import load_task_data
 from mtkd_cache.devices import resolve_device
@@ -67,6 +68,12 @@ def resolve_splits(config: DistillConfig, split_names: tuple[str, ...]) -> str:
     return selection_split
 
 
+def splits_read(config: DistillConfig) -> tuple[str, ...]:
+    """Every split a distill run may read (the selection split defaults to validation when it is cached)."""
+    splits = (config.train_split, config.eval_split, config.expert_split, config.selection_split or "validation")
+    return tuple(dict.fromkeys(splits + ((config.stage1.split,) if config.stage1 is not None else ())))
+
+
 def distill_identity(config: DistillConfig, cache: Cache) -> RunIdentity:
     """The identity of a distill run on `cache`: its config resolved against the cache (teacher subset,
     selection split, strategy options spelled out), and the content it reads."""
@@ -104,7 +111,15 @@ def distill(config: DistillConfig, events: ProgressEvents | None = None, *, prep
     `events` gets a task per epoch and an advance per batch. Under
     torchrun (and `data_parallel`) the ranks train one student with DistributedDataParallel; rank 0 alone
     writes the run directory, and every rank returns the same report."""
-    prepared = prepared or PreparedCache(config.cache)
+    resolve_device(config.train.device)  # a missing GPU is refused first: nothing written, nothing loaded
+    source: dict = {}
+    if prepared is None:
+        fetched = fetch(config.cache, config.teachers, splits_read(config), events)
+        if fetched.url is not None:
+            (events or SilentEvents()).note(f"{fetched.url}: {fetched.shards_moved} shard(s), {fetched.bytes_moved:,} "
+                                            f"bytes fetched into {fetched.path}")
+            source = {"cache_url": fetched.url, "manifest_sha256": fetched.manifest_sha256}  # recorded in run.json
+        prepared = PreparedCache(fetched.path)
     cache = prepared.cache
     identity = distill_identity(config, cache)
     teachers, selection_split = tuple(identity.config["teachers"]), identity.config["selection_split"]
@@ -138,25 +153,32 @@ def distill(config: DistillConfig, events: ProgressEvents | None = None, *, prep
     model, tokenizer, kind = build_student(config.student, cache.label_names, config.tokenizer)
     check_max_length(model, config.train.max_length)
     with run.removed_if_refused():  # a fresh --out refused while setting up is not left half-written
-        run.start(student_kind=kind)
+        run.start(student_kind=kind, **source)
         split_tensors = {split: SplitTensors(prepared.tokens(tokenizer, config.train.max_length, split),
                                              prepared.inputs(split).labels)
                          for split in dict.fromkeys((config.train_split, selection_split, config.eval_split))}
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         save = lambda directory: _save_student(model, tokenizer, directory)  # noqa: E731
+        for warning in warnings:  # once the run is set up, before training: a user can stop a run it invalidates
+            events.note(f"warning: {warning}")
         stage1 = None
         if config.stage1 is not None:
             stage1 = _transfer_stage(config, prepared, teachers, model, save, tokenizer, split_tensors[selection_split],
                                      run, pad_id, events)
         result = train(model, save, split_tensors[config.train_split], split_tensors[selection_split], config.train,
                        run.directory, pad_id, Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1,
-                       run.fingerprint, events, context, resume)
+                       run.fingerprint, events, context, resume, on_epoch=lambda partial: run.write_metrics(partial, stage1))
         report = None
         if context.is_main:
+            _note_evaluation(events, result, config.eval_split)
             report = _distill_report(config, prepared, teachers, first_signal, split_tensors, pad_id, run,
                                      warnings, result, stage1)
             run.finish(report, cache.label_names, result, stage1)
         return RunResult(run.directory, context.broadcast(report), result, warnings)
+
+
+def _note_evaluation(events: ProgressEvents, result: TrainResult, split: str) -> None:
+    events.note(f"evaluating the best student (epoch {result.best_epoch + 1}) on '{split}' and writing the report")
 
 
 def _note_resume(events: ProgressEvents, run: Run, resume: dict | None) -> None:
@@ -204,7 +226,8 @@ def _transfer_stage(config: DistillConfig, prepared: PreparedCache, teachers: tu
     (run.directory / STAGE1_DIR).mkdir(exist_ok=True)
     return train(model, save, tensors, selection, train_config, run.directory / STAGE1_DIR, pad_id,
                  Distillation(signal_for_epoch, config.alpha, config.temperature), macro_f1,
-                 run.stage_fingerprint(STAGE1_DIR), StageEvents(events), run.context, run.checkpoint(STAGE1_DIR))
+                 run.stage_fingerprint(STAGE1_DIR), StageEvents(events), run.context, run.checkpoint(STAGE1_DIR),
+                 on_epoch=lambda partial: run.write_metrics(TrainResult(), partial))
 
 
 def _save_student(model, tokenizer, directory: Path) -> None:
@@ -247,6 +270,9 @@ def finetune(config: FinetuneConfig, events: ProgressEvents | None = None) -> Ru
             raise ConfigError(f"{option} {split}: the dataset has splits {', '.join(task.splits)}.")
     context = distributed.current()
     events = (events if context.is_main else None) or SilentEvents()
+    for note in task.notes:
+        events.note(note)
+    resolve_device(config.train.device)  # a missing GPU is refused before the run directory exists
     run = Run(config.out, RunIdentity({**config_payload(config), "selection_split": selection_split},
                                       {"dataset_fingerprint": task.fingerprint}), context)
     resume = run.checkpoint()
@@ -261,9 +287,10 @@ def finetune(config: FinetuneConfig, events: ProgressEvents | None = None) -> Ru
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         result = train(model, lambda d: _save_student(model, tokenizer, d), tensors[config.train_split],
                        tensors[selection_split], config.train, run.directory, pad_id, None, macro_f1, run.fingerprint,
-                       events, context, resume)
+                       events, context, resume, on_epoch=run.write_metrics)
         report = None
         if context.is_main:
+            _note_evaluation(events, result, config.eval_split)
             report = _evaluate(run, tensors[config.eval_split], task.label_names, config.train.device, pad_id, {}, result,
                                config.eval_split)
             run.finish(report, task.label_names, result)

@@ -152,14 +152,15 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
           config: TrainConfig, run_dir: Path, pad_id: int, distillation: Distillation | None,
           score: Callable[[np.ndarray, np.ndarray], float], fingerprint: str,
           events: ProgressEvents = SilentEvents(), context: DistributedContext = DistributedContext(),
-          resume: dict | None = None) -> TrainResult:
+          resume: dict | None = None, on_epoch: Callable[[TrainResult], None] | None = None) -> TrainResult:
     """Train `model`; the best epoch by `score(pred, labels)` on `selection` is saved to run_dir/student.
 
     `resume` is the checkpoint state of this very run (`Run.checkpoint` read it once and checked its
     fingerprint); training continues after its epoch. `fingerprint` is saved in every checkpoint. Under
     torchrun (`context.active`) the model is wrapped in DistributedDataParallel and each global batch — the
     very batch a single process would take — is split across ranks; only rank 0 writes the checkpoint and
-    the student. `events` gets a task per epoch and an advance per batch.
+    the student. `events` gets a task per epoch, an advance per batch and a note with the epoch's scores;
+    `on_epoch(result)` runs on the main rank after each epoch's checkpoint (the run's metrics.jsonl).
     """
     device = context.device(config.device)
     torch.manual_seed(config.seed)
@@ -241,16 +242,23 @@ def train(model, save_model: Callable[[Path], None], train_data: SplitTensors, s
                                           epoch_score, time.perf_counter() - epoch_started))
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise diverged("the weights became non-finite", epoch, len(batches), run_dir)  # finite loss, overflowed weights
-        if epoch_score > result.best_score:
+        improved = epoch_score > result.best_score
+        if improved:
             result.best_score, result.best_epoch, epochs_since_best = epoch_score, epoch, 0
             if context.is_main:
                 replace_directory(run_dir / STUDENT_DIR, save_model)
         else:
             epochs_since_best += 1
             result.stopped_early = config.patience is not None and epochs_since_best >= config.patience
+        record = result.history[-1]
+        events.note(f"epoch {epoch + 1}/{config.epochs}: train loss {record.train_loss:.4f}, selection macro-F1 "
+                    f"{epoch_score:.4f}" + (" (best so far, saved)" if improved else "")
+                    + (" — stopping early (--patience)" if result.stopped_early else ""))
         result.train_seconds += time.perf_counter() - epoch_started
         if context.is_main:
             _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, result, fingerprint)
+            if on_epoch is not None:
+                on_epoch(result)
         context.barrier()  # a rank killed now resumes with the others from this epoch's checkpoint
         fault_point("epoch_checkpointed")
     return result

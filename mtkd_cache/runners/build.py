@@ -125,6 +125,8 @@ def build_cache(config: BuildConfig, events: ProgressEvents | None = None) -> Bu
 
     started = time.perf_counter()
     task = load_task_data(config.dataset)
+    for note in task.notes:
+        events.note(note)
     report.stage_seconds["load dataset"] = time.perf_counter() - started
 
     teachers = [resolve_for_backend(spec, task, config.runner, config.prompt, config.endpoint)
@@ -371,7 +373,11 @@ def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: Sha
                         else tokenize_rows(runner.tokenizer, split.texts, split.text_pairs, config.runner.max_length))
                 tokens = tokenized[split_name]
                 record.truncated_rows[split_name] = tokens.truncated_rows
-                events.task(f"{name} · {split_name}", sum(end - start for start, end in ranges))
+                rows = sum(end - start for start, end in ranges)
+                # Under torchrun the bar is rank 0's work: say so, beside the split's total over every rank.
+                everyone = sum(end - start for start, end in missing[name][split_name])
+                share = f" (rank 0: {rows:,} of {everyone:,} rows, {context.world_size} ranks)" if context.active else ""
+                events.task(f"{name} · {split_name}{share}", rows)
                 for start, end in ranges:
                     logits = run_rows(runner, tokens, start, end, batch_tokens, events)
                     _check_finite(logits, name, split_name, start)

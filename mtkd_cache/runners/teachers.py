@@ -91,6 +91,7 @@ def resolve_teacher(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> 
     if not config_path.exists():
         raise TeacherError(f"teacher '{spec.name}': {directory} has no config.json; is it a save_pretrained directory?")
     config = read_model_config(config_path, spec.name)
+    _require_classifier_head(config, spec.name, directory)
     model_labels = config_label_names(config, spec.name)
     weights = weight_files(directory)
     if not weights:
@@ -191,10 +192,31 @@ def map_labels(name: str, model_labels: tuple[str, ...], dataset_labels: tuple[s
     generic = [_GENERIC_LABEL.match(label) for label in model_labels]
     if not explicit and all(generic) and [int(m.group(1)) for m in generic] == list(range(len(dataset_labels))):
         return tuple(range(len(dataset_labels)))
+    if set(dataset_labels) < set(renamed) and len(set(renamed)) == len(renamed):
+        # e.g. only the test split was built and a class never occurs in it: renaming cannot add a class
+        raise LabelSpaceError(
+            f"the dataset's labels {list(dataset_labels)} are a subset of teacher '{name}''s {list(renamed)} (a split "
+            f"without some class?); pass --label-names {','.join(renamed)} so the dataset has every class the "
+            "teacher predicts, in its order."
+        )
     raise LabelSpaceError(
         f"teacher '{name}' predicts labels {list(renamed)} but the dataset's labels are {list(dataset_labels)}; "
         f"map them with --label-map {name}:TEACHER_LABEL=DATASET_LABEL,... or use a teacher trained on these labels."
     )
+
+
+def _require_classifier_head(config: dict, name: str, directory: Path) -> None:
+    """A bare encoder (architectures BertModel, a sentence-transformers checkpoint) has no trained head: its
+    LABEL_0/LABEL_1 default would be reported as a label mismatch that no --label-map can fix."""
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and architectures and all(
+            isinstance(a, str) and not a.endswith(("ForSequenceClassification", "ForTokenClassification"))
+            for a in architectures) and "id2label" not in config:
+        raise TeacherError(
+            f"teacher '{name}': {directory} is an encoder without a classification head ({', '.join(architectures)}); "
+            f"fine-tune it on the dataset first (`mtkd-cache finetune --model {directory} ...`) and pass the "
+            "fine-tuned OUT/student as the teacher."
+        )
 
 
 def check_backend(teacher: ResolvedTeacher, backend: str, dtype: str) -> None:

@@ -10,14 +10,15 @@ evaluated exactly like each member.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mtkd_cache.cache.store import fetch, is_url
 from mtkd_cache.devices import resolve_device
+from mtkd_cache.distillation.run import read_run_config
 from mtkd_cache.distillation.session import PreparedCache
 from mtkd_cache.distillation.students import load_saved_student
 from mtkd_cache.distillation.training import predict_logits
@@ -60,24 +61,24 @@ class EnsembleReport:
 
 
 def _run_config(run_dir: Path) -> dict:
-    path = run_dir / RUN_CONFIG
-    if not (run_dir / STUDENT_DIR).is_dir() or not path.exists():
+    record = read_run_config(run_dir)  # run.json, or an older run's config.json
+    if not (run_dir / STUDENT_DIR).is_dir() or record is None:
         raise ConfigError(f"{run_dir} is not a finished run (no {STUDENT_DIR}/ or {RUN_CONFIG}); pass `distill` run "
                           "directories.")
-    return json.loads(path.read_text())
+    return record
 
 
-def evaluate_ensemble(run_dirs: list[Path], split: str | None = None, cache: Path | None = None,
+def evaluate_ensemble(run_dirs: list[Path], split: str | None = None, cache: Path | str | None = None,
                       device: str = "auto") -> EnsembleReport:
     """Score each run's best student and the two ensembles on `split` (default: the first run's eval split)."""
     if len(run_dirs) < 2:
         raise ConfigError("an ensemble needs at least two runs.")
     configs = [_run_config(d) for d in run_dirs]
-    cache_dir = cache or (Path(configs[0]["cache"]) if "cache" in configs[0] else None)
+    cache_dir = cache or configs[0].get("cache")  # a directory or the URL the run distilled from
     if cache_dir is None:
         raise ConfigError(f"{run_dirs[0]} is not a `distill` run; pass --cache to say which cache to score on.")
-    prepared = PreparedCache(cache_dir)
     split = split or configs[0].get("eval_split", "test")
+    prepared = PreparedCache(fetch(cache_dir if is_url(cache_dir) else Path(cache_dir), None, (split,)).path)
     if split not in prepared.cache.split_names:
         raise ConfigError(f"split '{split}' is not in {cache_dir}; it has {', '.join(prepared.cache.split_names)}.")
     labels = prepared.inputs(split).labels

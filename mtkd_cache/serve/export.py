@@ -27,7 +27,7 @@ from torch import nn
 from mtkd_cache.atomic import temporary_path, write_atomically
 from mtkd_cache.distillation.students import BILSTM_CONFIG, BiLSTMClassifier, load_saved_student
 from mtkd_cache.errors import ConfigError
-from mtkd_cache.layout import PACKAGE_VERSION
+from mtkd_cache.layout import PACKAGE_VERSION, STUDENT_DIR
 from mtkd_cache.runners.model_files import LABEL_NAMES_KEY, import_optional
 from mtkd_cache.runners.onnx_runner import MODEL_INPUTS, open_session
 
@@ -81,8 +81,9 @@ def export_model(config: ExportConfig) -> ExportReport:
     onnx = import_optional("onnx")
     if config.out.suffix != ".onnx" or config.out.is_dir():
         raise ConfigError(f"--out {config.out} must be a file name ending in .onnx, e.g. {config.out / 'model.onnx'}.")
-    check_export_target(config.out, config.model_dir, onnx)
-    model, tokenizer, kind, label_names = load_model_dir(config.model_dir, config.label_names)
+    model_dir = model_directory(config.model_dir)
+    check_export_target(config.out, model_dir, onnx)
+    model, tokenizer, kind, label_names = load_model_dir(model_dir, config.label_names)
     if tokenizer.padding_side == "left" and kind == "bilstm":
         raise ConfigError(f"{config.model_dir}: a BiLSTM student reads right-padded rows; its tokenizer pads left.")
     input_names = model_input_names(model, tokenizer, kind)
@@ -135,8 +136,23 @@ def check_export_target(out: Path, model_dir: Path, onnx) -> None:
                           "replace; give the export a directory of its own.")
 
 
+def _holds_model(directory: Path) -> bool:
+    return (directory / "config.json").exists() or (directory / BILSTM_CONFIG).exists()
+
+
+def model_directory(directory: Path) -> Path:
+    """The model directory a user meant: a `distill`/`finetune` run directory stands for its RUN/student (the
+    best student); any other directory is taken as it is."""
+    student = directory / STUDENT_DIR
+    if directory.is_dir() and not _holds_model(directory) and student.is_dir() and _holds_model(student):
+        return student
+    return directory
+
+
 def load_model_dir(directory: Path, label_names: tuple[str, ...] | None = None):
-    """(model in eval mode, tokenizer, kind "hf" or "bilstm", label names) of a saved teacher or student."""
+    """(model in eval mode, tokenizer, kind "hf" or "bilstm", label names) of a saved teacher or student;
+    a run directory means its student/."""
+    directory = model_directory(directory)
     if not directory.is_dir():
         problem = "is not a directory" if directory.exists() else "does not exist"
         raise ConfigError(f"{directory} {problem}; pass a save_pretrained directory or a run's student/ directory.")

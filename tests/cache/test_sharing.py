@@ -43,7 +43,7 @@ from helpers.moto_s3 import moto_server, point_s3_at
 from mtkd_cache import CacheFormatError, CacheIntegrityError, CacheMismatchError, ConfigError, open_cache, verify_cache
 from mtkd_cache.cache.manifest import load_manifest
 from mtkd_cache.cache.sharing import TransferReport, merge, pull, push, read_remote_manifest
-from mtkd_cache.layout import MANIFEST_NAME
+from mtkd_cache.layout import CARD_NAME, MANIFEST_NAME
 from mtkd_cache_cli.app import app
 
 runner = CliRunner()
@@ -104,9 +104,10 @@ def _total_bytes(cache: Path, teacher: str | None = "__all__") -> int:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    """Every file under `root` but the manifest (timestamps differ between runs) and the lock file."""
+    """Every file under `root` but the manifest (timestamps differ between runs), the lock file and a pushed
+    cache's card (it names the URL pushed to; tests/cache/test_card.py checks it)."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name not in (MANIFEST_NAME, ".lock")}
+            if p.is_file() and p.name not in (MANIFEST_NAME, ".lock", CARD_NAME)}
 
 
 def _hidden(root: Path) -> list[str]:
@@ -149,6 +150,7 @@ def test_local_remote_round_trip(caches, tmp_path):
     assert first.bytes_moved == first.bytes_total == total_a
     assert shard_records(remote) == shard_records(a)
     assert _files(remote) == _files(a) and _hidden(remote) == []
+    assert (remote / CARD_NAME).read_text().startswith("---\n") and not (a / CARD_NAME).exists()
 
     second = push(a, str(remote))
     assert (second.shards_moved, second.bytes_moved) == (0, 0)
@@ -240,7 +242,7 @@ def test_s3_push_info_pull(caches, s3, tmp_path, request):
     first = push(a, url)
     assert first.bytes_moved == total and first.shards_moved == 2 * SHARDS_PER_PART
     keys = {k.split("/cache/", 1)[1] for k in s3.find(f"mtkd/{request.node.name}/cache")}
-    assert keys == set(shard_records(a)) | {MANIFEST_NAME}  # no temporaries left behind
+    assert keys == set(shard_records(a)) | {MANIFEST_NAME, CARD_NAME}  # no temporaries left behind
 
     info = json.loads(_ok(_cli("info", url, "--json")).stdout)
     assert info["path"] == url and [t["name"] for t in info["teachers"]] == ["bert"]

@@ -222,7 +222,7 @@ def test_one_progress_adapter_draws_rows_and_bytes():
 
     from mtkd_cache_cli.progress import ProgressEvents
 
-    console = Console(file=io.StringIO(), width=160, force_terminal=False)
+    console = Console(file=io.StringIO(), width=160, force_terminal=True)  # at a terminal: bars
     with ProgressEvents(console) as events:
         events.task("bert · train", 40)
         events.advance(40)

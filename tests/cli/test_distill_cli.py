@@ -92,7 +92,7 @@ def test_distill_prints_the_scores_and_writes_the_run(env):
         report = _report(run_dir)
         assert f"accuracy {report['accuracy']:.4f}" in " ".join(result.stdout.split())
         assert report["config"]["strategy"] == strategy
-        for file in ("config.json", "metrics.jsonl", "report.md", "per_class_diff.png", "student/tokenizer_config.json"):
+        for file in ("run.json", "metrics.jsonl", "report.md", "per_class_diff.png", "student/tokenizer_config.json"):
             assert (run_dir / file).is_file(), file
         assert len(_history(run_dir)) == 1
     # Experts chosen on test and a report on test: the leak is a warning, not an error.
@@ -324,7 +324,7 @@ def test_select_and_experts_user_errors(env, tmp_path):
 
 
 def _run_config(run_dir: Path) -> dict:
-    return {k: v for k, v in json.loads((run_dir / "config.json").read_text()).items() if k not in ("out", "fingerprint")}
+    return {k: v for k, v in json.loads((run_dir / "run.json").read_text()).items() if k not in ("out", "fingerprint")}
 
 
 def test_distill_options_from_a_toml_or_yaml_file_with_flags_overriding(env, tmp_path):

@@ -90,7 +90,8 @@ def test_unicode_nul_and_emoji_survive(tmp_path):
         ([{"text": "x", "label": 7}], {"label_names": ("a", "b")}, "'7' at rows 0"),
         ([{"text": None, "label": "a"}, {"text": "y", "label": "a"}], {}, "missing or invalid-unicode text at rows 0"),
         ([{"text": "x", "label": 1.5}], {}, "float"),
-        ([{"text": "x"}], {}, "no split has labels"),
+        ([{"text": "x"}], {}, r"no split has the column 'label' \(--label-column\); the columns are text: pass --label-column"),
+        ([{"text": "x", "label": None}], {}, "no split has labels"),
     ],
 )
 def test_user_errors_name_the_problem(tmp_path, rows, spec, message):
@@ -116,8 +117,38 @@ def test_unreadable_sources(tmp_path):
 
 
 def test_hub_id_without_network_is_a_clear_error():
-    with pytest.raises(DataError, match="cannot load dataset"):
+    with pytest.raises(DataError, match="as a hub dataset id the Hub is switched off"):
         load_task_data(DatasetSpec(source="some-org/not-a-real-dataset-xyz"))
+
+
+def test_a_typo_of_a_local_directory_offers_the_near_name(tmp_path, monkeypatch):
+    write_csv(tmp_path / "news" / "train.csv", make_rows(4, 0))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as raised:
+        load_task_data(DatasetSpec(source="nwes"))
+    message = str(raised.value)
+    assert message.startswith("--dataset nwes: no file or directory of that name here") and "did you mean ./news?" in message
+    assert "None" not in message
+
+
+def test_files_that_are_not_splits_are_ignored_and_named(tmp_path):
+    write_csv(tmp_path / "train.csv", make_rows(6, 0))
+    write_csv(tmp_path / "test.csv", make_rows(4, 1))
+    (tmp_path / "labels.json").write_text(json.dumps(list(LABELS)))
+    (tmp_path / "notes.json").write_text("{}")
+    task = load_task_data(DatasetSpec(source=str(tmp_path)))
+    assert list(task.splits) == ["train", "test"]
+    assert len(task.notes) == 1 and "ignored labels.json, notes.json" in task.notes[0]
+    _jsonl(tmp_path / "validation.jsonl", make_rows(3, 2))  # now the split files themselves disagree
+    with pytest.raises(DataError, match="mixes file formats .* keep one format for the splits"):
+        load_task_data(DatasetSpec(source=str(tmp_path)))
+
+
+def test_a_missing_label_column_with_label_names_is_said_not_silent(tmp_path):
+    write_csv(tmp_path / "train.csv", [{"text": "x", "topic": "tech"}])
+    task = load_task_data(DatasetSpec(source=str(tmp_path), label_column="label", label_names=LABELS))
+    assert task.splits["train"].labels.tolist() == [-1]
+    assert any("every split is cached unlabeled" in note and "topic" in note for note in task.notes)
 
 
 def test_labels_are_class_indices_in_label_name_order(tmp_path):

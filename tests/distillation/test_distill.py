@@ -114,11 +114,11 @@ def ref_expert_choice(train_preds: np.ndarray, experts: dict, fallback: str) -> 
 
 def check_run(result, cache_dir: Path, epochs: int, strategy: str) -> dict:
     run_dir, report = result.run_dir, result.report
-    for name in ("config.json", "metrics.jsonl", "report.json", "report.md", "per_class_diff.png"):
+    for name in ("run.json", "metrics.jsonl", "report.json", "report.md", "per_class_diff.png"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "per_class_diff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{strategy} →" in (run_dir / "report.md").read_text()
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / "run.json").read_text())
     assert config["strategy"] == strategy and config["teachers"] == list(TEACHERS) and config["fingerprint"]
 
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -214,7 +214,7 @@ def test_every_student_kind_distils_and_reports(env, runs, kind):
     check_run(result, env["cache"], epochs=2 if kind == "hf" else 1, strategy="expert")
     student_dir = result.run_dir / "student"
     assert (student_dir / ("bilstm.pt" if kind == "bilstm" else "model.safetensors")).is_file()
-    assert json.loads((result.run_dir / "config.json").read_text())["student_kind"] == (
+    assert json.loads((result.run_dir / "run.json").read_text())["student_kind"] == (
         "bilstm" if kind == "bilstm" else "hf")
 
 

@@ -161,7 +161,7 @@ def test_the_run_directory_rule(tmp_path):
     check_run_directory(resumable)
     teacher = tmp_path / "teacher"
     teacher.mkdir()
-    (teacher / RUN_CONFIG).write_text(json.dumps({"model_type": "bert"}))  # a model's config.json, no fingerprint
+    (teacher / "config.json").write_text(json.dumps({"model_type": "bert"}))  # a model's config.json, no fingerprint
     with pytest.raises(ConfigError, match="not an mtkd-cache run .*config.json.*new or empty directory"):
         check_run_directory(teacher)
     (tmp_path / "file").write_text("x")

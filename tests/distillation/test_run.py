@@ -89,6 +89,30 @@ def test_resuming_reads_the_checkpoint_once(env, tmp_path, monkeypatch):
     assert again.train.best_epoch == 0 and len(again.train.history) == 1
 
 
+def test_a_run_directory_cannot_be_taken_for_a_transformers_checkpoint_and_old_ones_still_resume(env, tmp_path):
+    import dataclasses
+
+    from transformers import AutoConfig
+
+    from mtkd_cache.distillation.run import read_run_config
+    from mtkd_cache.layout import LEGACY_RUN_CONFIG
+    from mtkd_cache.serve.ensemble import _run_config
+
+    run_config = dataclasses.replace(config(env, tmp_path / "run"), student="bert:layers=1,hidden=32,heads=2")
+    first = distill(run_config)
+    # No config.json that is not a model's: the student directory is the one checkpoint in a run directory.
+    assert RUN_CONFIG == "run.json" and not (first.run_dir / LEGACY_RUN_CONFIG).exists()
+    assert AutoConfig.from_pretrained(first.run_dir / STUDENT_DIR).num_labels == 3
+    # A run directory written before the rename: its record is config.json.
+    (first.run_dir / RUN_CONFIG).rename(first.run_dir / LEGACY_RUN_CONFIG)
+    recorded = read_run_config(first.run_dir)
+    assert recorded["fingerprint"] == _run_config(first.run_dir)["fingerprint"]
+    again = distill(run_config)  # recognized as this run, resumed past its end
+    assert len(again.train.history) == 1 and again.report.accuracy == first.report.accuracy
+    assert json.loads((first.run_dir / RUN_CONFIG).read_text())["fingerprint"] == recorded["fingerprint"]
+    assert not (first.run_dir / LEGACY_RUN_CONFIG).exists()
+
+
 def test_another_runs_directory_is_refused_untouched(tmp_path):
     run = Run(tmp_path / "run", RunIdentity({"alpha": 0.5}, {}))
     run.start(student_kind="hf")

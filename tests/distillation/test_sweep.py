@@ -154,7 +154,7 @@ def test_a_run_inside_a_sweep_equals_the_same_run_alone(env, tmp_path, monkeypat
     weights_alone = load_file(alone.run_dir / "student" / "model.safetensors")
     assert all(np.array_equal(weights_inside[k].numpy(), weights_alone[k].numpy()) for k in weights_alone)
     # each run directory is a complete distill run
-    for file in ("config.json", "report.json", "report.md", "per_class_diff.png", "metrics.jsonl", DONE_MARKER):
+    for file in ("run.json", "report.json", "report.md", "per_class_diff.png", "metrics.jsonl", DONE_MARKER):
         assert (inside / file).is_file(), file
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,8 @@ def test_two_rank_build_is_bit_identical_to_one_rank(env, one_rank_cache, tmp_pa
     assert len(manifest["shards"]) == len(json.loads((one_rank_cache / "manifest.json").read_text())["shards"])
     assert not (tmp_path / "two" / ".receipts").exists()
     assert f"{len(manifest['shards'])} shard(s) written" in " ".join(result.stderr.split())  # every rank's shards
+    # rank 0's progress says it is rank 0's share of the split, not the split
+    assert re.search(r"a · train \(rank 0: [\d,]+ of 60 rows, 2 ranks\)", result.stderr), result.stderr[-2000:]
 
 
 @pytest.mark.fault

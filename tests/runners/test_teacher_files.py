@@ -64,3 +64,30 @@ def test_a_max_length_the_teacher_cannot_take_is_refused_at_build(assets, tmp_pa
                                  "--out", str(out), "--device", "cpu", "--max-length", value])
     assert_user_error(result, *fragments)
     assert not (out / "manifest.json").exists()
+
+
+def test_an_encoder_without_a_classification_head_is_named_as_such(assets, tmp_path):
+    teacher = shutil.copytree(assets["bert"], tmp_path / "encoder")
+    config = json.loads((teacher / "config.json").read_text())
+    for key in ("id2label", "label2id"):
+        config.pop(key, None)
+    (teacher / "config.json").write_text(json.dumps({**config, "architectures": ["BertModel"]}))
+    result = runner.invoke(app, ["build", "--dataset", str(assets["data"]), "--teacher", f"bert={teacher}",
+                                 "--out", str(tmp_path / "cache"), "--device", "cpu"])
+    assert_user_error(result, "encoder without a classification head (BertModel)", "mtkd-cache finetune",
+                      one_sentence=True)
+    assert "--label-map" not in result.output
+
+
+def test_a_split_missing_a_class_points_to_label_names(assets, tmp_path):
+    from helpers.assets import LABELS, make_rows, write_csv
+
+    rows = [row for row in make_rows(30, seed=3) if row["label"] != "tech"]
+    write_csv(tmp_path / "data" / "test.csv", rows)
+    out = tmp_path / "cache"
+    argv = ["build", "--dataset", str(tmp_path / "data"), "--teacher", f"bert={assets['bert']}", "--out", str(out),
+            "--device", "cpu"]
+    result = runner.invoke(app, argv)
+    assert_user_error(result, "are a subset of teacher 'bert''s", f"--label-names {','.join(LABELS)}")
+    assert "--label-map" not in result.output
+    assert runner.invoke(app, [*argv, "--label-names", ",".join(LABELS)]).exit_code == 0
