@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from mtkd_cache import DatasetSpec, open_cache
 from mtkd_cache.distillation.configs import DistillConfig, FinetuneConfig, TransferStage
-from mtkd_cache.distillation.experts import parse_teacher_subset
-from mtkd_cache.distillation.runs import distill as run_distill
-from mtkd_cache.distillation.runs import expert_table_for
-from mtkd_cache.distillation.runs import finetune as run_finetune
-from mtkd_cache.distillation.selection import select_teachers, write_selection
-from mtkd_cache.distillation.strategies import StrategyConfig
-from mtkd_cache.distillation.training import TrainConfig
-from mtkd_cache.report.comparison import compare_runs
-from mtkd_cache.serve.ensemble import EnsembleReport, evaluate_ensemble
+from mtkd_cache.distillation.experts import expert_table_for, parse_teacher_subset
+from mtkd_cache.distillation.strategy_config import StrategyConfig
+from mtkd_cache.distillation.train_config import TrainConfig
+
+# torch-free above this line (`experts` must start without it, tests/cli/test_startup.py); the training,
+# selection and ensemble stages are imported inside the commands that run them.
+if TYPE_CHECKING:
+    from mtkd_cache.serve.ensemble import EnsembleReport
 
 from .common import app, split_list, stdout, user_errors
 from .options import ConfigFile, field_help, from_config
@@ -71,6 +70,8 @@ def select_command(
     config: ConfigFile = None,
 ) -> None:
     """Write per-sample teacher weights of a strategy, and print who taught how often."""
+    from mtkd_cache.distillation.selection import select_teachers, write_selection
+
     selection = select_teachers(cache, split, StrategyConfig(strategy, noise_std, gamma), split_list(teachers),
                                 expert_split, seed, out)
     write_selection(out, selection)
@@ -130,6 +131,8 @@ def distill_command(
         eval_split=eval_split, selection_split=selection_split, expert_split=expert_split,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length, seed=seed,
                           device=device, patience=patience, warmup_epochs=warmup_epochs), stage1=stage1)
+    from mtkd_cache.distillation.runs import distill as run_distill
+
     with ProgressEvents() as events:
         result = run_distill(distill_config, events)
     _print_result(result)
@@ -164,6 +167,8 @@ def finetune_command(
         student=model, out=out, tokenizer=tokenizer, train_split=train_split, eval_split=eval_split,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length, seed=seed,
                           device=device, patience=patience))
+    from mtkd_cache.distillation.runs import finetune as run_finetune
+
     with ProgressEvents() as events:
         result = run_finetune(finetune_config, events)
     _print_result(result)
@@ -182,6 +187,9 @@ def report(
     config: ConfigFile = None,
 ) -> None:
     """Compare runs side by side: accuracy, macro-F1, MCC, median per-class difference to each teacher."""
+    from mtkd_cache.report.comparison import compare_runs
+    from mtkd_cache.serve.ensemble import evaluate_ensemble
+
     scored = evaluate_ensemble(runs, split, cache, device) if ensemble else None
     comparison = compare_runs(runs, out, appendix=scored.markdown() if scored else ())
     shown = Table(*comparison.columns)

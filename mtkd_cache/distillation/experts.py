@@ -18,7 +18,8 @@ import numpy as np
 import polars as pl
 
 from mtkd_cache.atomic import write_atomically
-from mtkd_cache.errors import ConfigError, DataError
+from mtkd_cache.cache.reader import Cache
+from mtkd_cache.errors import CacheWriteError, ConfigError, DataError
 from mtkd_cache.layout import EXPERTS_DIR
 
 
@@ -105,6 +106,22 @@ def save_expert_table(cache_dir: Path, table: ExpertTable, dataset_fingerprint: 
     write_atomically(path, json.dumps({"dataset_fingerprint": dataset_fingerprint, **table.to_json()}, indent=1),
                      durable=False)
     return path
+
+
+def expert_table_for(cache: Cache, split: str, teachers: tuple[str, ...], preds: np.ndarray | None = None,
+                     labels: np.ndarray | None = None) -> ExpertTable:
+    """The expert table of `teachers` on `split`, also stored beside the manifest for `select` and the report.
+
+    `preds` int [S, N] and `labels` int [S] when the caller already holds them (a PreparedCache); read from
+    the cache otherwise. numpy and polars only: `mtkd-cache experts` does not load torch."""
+    preds = cache.teacher_outputs(split, teachers).preds if preds is None else preds
+    labels = cache.inputs(split).labels if labels is None else labels
+    table = compute_expert_table(preds, labels, teachers, cache.label_names, split)
+    try:
+        save_expert_table(cache.path, table, cache.manifest.dataset.fingerprint)
+    except (OSError, CacheWriteError):
+        pass  # a read-only shared cache: the table is recomputed next time, nothing is lost
+    return table
 
 
 def parse_teacher_subset(value: str | tuple[str, ...] | None, available: tuple[str, ...]) -> tuple[str, ...]:

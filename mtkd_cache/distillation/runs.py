@@ -24,7 +24,7 @@ from mtkd_cache.data.batching import tokenize_rows
 from mtkd_cache.data.datasets import load_task_data
 from mtkd_cache.devices import resolve_device
 from mtkd_cache.distillation.configs import DistillConfig, FinetuneConfig, TransferStage
-from mtkd_cache.distillation.experts import ExpertTable, parse_teacher_subset
+from mtkd_cache.distillation.experts import ExpertTable, expert_table_for, parse_teacher_subset
 from mtkd_cache.distillation.run import Run, RunIdentity, StageEvents, config_payload
 from mtkd_cache.distillation.session import PreparedCache
 from mtkd_cache.distillation.strategies import NEEDS_EXPERTS, STOCHASTIC, TeacherSignal
@@ -47,10 +47,6 @@ class RunResult:
     report: RunReport
     train: TrainResult
     warnings: list[str] = field(default_factory=list)
-
-
-def expert_table_for(cache: Cache, split: str, teachers: tuple[str, ...]) -> ExpertTable:
-    return PreparedCache(cache).expert_table(split, teachers)
 
 
 def resolve_splits(config: DistillConfig, split_names: tuple[str, ...]) -> str:

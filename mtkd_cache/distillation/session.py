@@ -22,7 +22,7 @@ import torch
 from mtkd_cache.atomic import write_atomically
 from mtkd_cache.cache.reader import Cache, SplitInputs, open_cache
 from mtkd_cache.data.batching import TokenizedRows, tokenize_rows
-from mtkd_cache.distillation.experts import ExpertTable, compute_expert_table, save_expert_table
+from mtkd_cache.distillation.experts import ExpertTable, expert_table_for
 from mtkd_cache.distillation.strategies import STOCHASTIC, ExpertTensors, StrategyConfig, TeacherSignal, select
 from mtkd_cache.errors import CacheWriteError
 from mtkd_cache.hashing import sha256_bytes, sha256_files
@@ -63,12 +63,7 @@ class PreparedCache:
         key = (split, teachers)
         if key not in self._tables:
             _, preds = self.teacher_tensors(split, teachers)
-            table = compute_expert_table(preds.numpy(), self.inputs(split).labels, teachers, self.cache.label_names, split)
-            try:
-                save_expert_table(self.cache.path, table, self.cache.manifest.dataset.fingerprint)
-            except (OSError, CacheWriteError):
-                pass  # a read-only shared cache: the table is recomputed next time, nothing is lost
-            self._tables[key] = table
+            self._tables[key] = expert_table_for(self.cache, split, teachers, preds.numpy(), self.inputs(split).labels)
         return self._tables[key]
 
     def signal(self, strategy: StrategyConfig, teachers: tuple[str, ...], split: str, expert_split: str,

@@ -15,9 +15,9 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from mtkd_cache import distributed
 from mtkd_cache.atomic import remove_temporaries
@@ -59,6 +59,9 @@ from mtkd_cache.layout import MANIFEST_NAME, inputs_path, outputs_path, validate
 from mtkd_cache.progress import ProgressEvents, SilentEvents
 from mtkd_cache.runners.base import RunnerConfig, default_batch_tokens, make_runner, resolve_runtime, run_rows
 from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, check_backend, resolve_teacher
+
+if TYPE_CHECKING:  # torch loads with the first runner: BuildConfig and `mtkd-cache --help` do not pay for it
+    import torch
 
 _MAX_IDS_NAMED = 10
 
@@ -358,6 +361,8 @@ def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: Sha
             committer.wait()
             del runner
             if device.type == "cuda":
+                import torch
+
                 torch.cuda.empty_cache()
             report.stage_seconds[f"teacher {name}"] = time.perf_counter() - started
 
