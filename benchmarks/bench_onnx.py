@@ -21,6 +21,7 @@ Run (from the repository root, with the venv active):
     python benchmarks/bench_onnx.py                 # 1,000 rows, 2 interleaved rounds, best kept
     python benchmarks/bench_onnx.py --threads 1     # both runtimes on one intra-op thread
     python benchmarks/bench_onnx.py --quick         # 300 rows, 1 round
+    python benchmarks/bench_onnx.py --build-only    # section 1 only
 The machine may be shared: every comparison runs its methods in interleaved rounds and keeps each one's
 fastest round; the load average is printed at start and end. On a busy 2-core machine two intra-op threads
 contend with other processes (torch's batch-1 forward of a small model went from 3 to 225 ms in one such
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000, help="texts to build (default 1000)")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds; each method's best is kept")
     parser.add_argument("--quick", action="store_true", help="300 rows, 1 round")
+    parser.add_argument("--build-only", action="store_true", help="section 1 only (the whole-build ratios)")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads for torch and onnxruntime alike (default: torch's default)")
     args = parser.parse_args()
@@ -155,6 +157,10 @@ def main() -> None:
             agree = (caches[name].argmax(1) == caches["torch"].argmax(1)).mean()
             print(f"   {name:<38}{speed:8.1f}{speed / base:10.2f}x{diff.max():16.1e}{agree:13.2%}")
         print("   rounds (rows/s): " + "; ".join(f"{n} " + " ".join(f"{rows / s:.1f}" for s in v) for n, v in seconds.items()))
+
+        if args.build_only:
+            print(f"\n(load average {os.getloadavg()[0]:.1f} at end; ratio > 1 means onnxruntime is faster)")
+            return
 
         # 2. levers, forward passes only
         count = min(rows, LEVER_ROWS)

@@ -140,17 +140,55 @@ def fused_graph(path: Path) -> bytes | None:
         return None
     import logging
 
-    quiet = logging.getLogger("onnxruntime.transformers")
-    level, quiet.level = quiet.level, logging.ERROR  # its per-fusion notices are not the build's business
+    # Its modules log under their bare file names; their per-fusion notices are not the build's business.
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
-        optimized = optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0)  # 0: read from the graph
+        num_heads, hidden = _attention_shape(path)
+        optimized = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden)
     except Exception:  # a graph it does not understand: run the file as exported
         return None
     finally:
-        quiet.level = level
+        logging.disable(previous)
     if not any(optimized.get_fused_operator_statistics().values()):
         return None
     return optimized.model.SerializeToString()
+
+
+def _attention_shape(path: Path) -> tuple[int, int]:
+    """(attention heads, hidden size) of a BERT-family graph, which the optimizer cannot always read from a
+    torch export: hidden is the size of the square weight matrices (Q, K, V, output), the head size follows
+    from eager attention's scaling of QK^T (x head_size^-0.5, or / head_size^0.5). (0, 0): not found, the
+    optimizer then fuses what it can without attention."""
+    from collections import Counter
+
+    onnx = import_optional("onnx")
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    weights = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    values = dict(weights)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    squares = Counter(w.shape[0] for w in weights.values() if w.ndim == 2 and w.shape[0] == w.shape[1])
+    if not squares:
+        return 0, 0
+    hidden = squares.most_common(1)[0][0]
+    producers = {output: node for node in graph.node for output in node.output}
+    for node in graph.node:
+        if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+            continue
+        for scale_name, other in (node.input, node.input[::-1]):
+            scale, source = values.get(scale_name), producers.get(other)
+            if scale is None or scale.size != 1 or source is None or source.op_type != "MatMul" \
+                    or any(name in weights for name in source.input):  # QK^T multiplies two activations
+                continue
+            factor = float(scale.reshape(()))
+            head_size = round(factor * factor if node.op_type == "Div" else 1 / (factor * factor)) if factor else 0
+            if head_size > 0 and hidden % head_size == 0:
+                return hidden // head_size, hidden
+    return 0, 0
 
 
 class OnnxTeacher:
