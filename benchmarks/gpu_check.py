@@ -14,8 +14,8 @@ On a CUDA machine (the default mode) it runs, in this order, in one temporary di
            bf16 cache: AMP bfloat16; AMP float16 with the grad scaler (torch told the card has no bf16, the
            path a V100/T4 takes); then a resume: a 2-epoch run killed after epoch 1's checkpoint (the fault
            injector, RELIABILITY.md) and run again, which must resume at epoch 2. steps/s of the loop.
-  sweep    12 runs (4 strategies x 3 seeds, 1 epoch) from one load of the cache: wall vs the sum of the
-           runs' training loops.
+  sweep    12 runs (4 strategies x 3 seeds, 1 epoch) from one load of the cache, one at a time (wall vs the
+           sum of the runs' training loops) and `--parallel 4` (2 with --smoke): throughput vs one at a time.
   torchrun `torch.distributed.run --nproc-per-node 1` of `build` and `distill` (rendezvous, rank 0 alone),
            plus an explicit process group on the device's backend (NCCL on CUDA, gloo on CPU) with one
            all-reduce: with one process mtkd-cache itself starts no group, so this is the NCCL check.
@@ -244,19 +244,26 @@ def run_resume(device: Device, config, rows: int) -> Row:
     return row
 
 
-def run_sweep(device: Device, cache: Path, teacher: Path, out: Path, scale: Scale) -> Row:
+def run_sweep(device: Device, cache: Path, teacher: Path, out: Path, scale: Scale, parallel: int,
+              one_at_a_time: float | None = None) -> Row:
+    """The 12-run grid (4 strategies x 3 seeds, 1 epoch); with `parallel` > 1 its runs N at a time."""
     from mtkd_cache import SweepConfig, SweepGrid
     from mtkd_cache import run_sweep as sweep
 
-    base = distill_config(cache, teacher, out / "unused", scale, device)
-    config = SweepConfig(base=base, grid=SweepGrid(strategies=("expert", "average", "random", "best"), seeds=(0, 1, 2)))
-    row = Row("sweep 12 runs", 0.0)
+    base = distill_config(cache, teacher, out, scale, device)
+    config = SweepConfig(base=base, grid=SweepGrid(strategies=("expert", "average", "random", "best"), seeds=(0, 1, 2)),
+                         parallel=parallel)
+    row = Row(f"sweep 12 runs, {parallel} at once", 0.0)
     with device.measured(row):
-        result = sweep(dataclasses.replace(config, base=dataclasses.replace(base, out=out)))
+        result = sweep(config)
     loops = sum(r.train_seconds for r in result.trained)
     if len(result.trained) != 12:
         sys.exit(f"the sweep trained {len(result.trained)} runs, not 12")
+    row.rows_s = 12 * scale.rows / row.seconds
     row.note = f"wall / sum of loops {row.seconds / loops:.2f}x ({loops:.1f} s of loops)"
+    if one_at_a_time is not None:
+        row.note += f"; {one_at_a_time / row.seconds:.2f}x the throughput of one at a time"
+        row.memory_gb = None  # the workers' GPU memory is their own; this process held none of it
     return row
 
 
@@ -390,7 +397,10 @@ def run_all(work: Path, scale: Scale, device: Device, started: float) -> None:
         rows.append(row)
     rows.append(run_resume(device, distill_config(student_cache, teacher, work / "run-resume", scale, device),
                            train_rows))
-    rows.append(run_sweep(device, student_cache, teacher, work / "sweep", scale))
+    serial = run_sweep(device, student_cache, teacher, work / "sweep", scale, parallel=1)
+    rows.append(serial)
+    rows.append(run_sweep(device, student_cache, teacher, work / "sweep-parallel", scale, parallel=4 if device.cuda else 2,
+                          one_at_a_time=serial.seconds))
     rows.extend(run_torchrun(device, data, teacher, student_cache, work, scale))
     print_table(rows, device, scale, started)
 
