@@ -2,8 +2,8 @@
 
 What it measures (same model, same texts, CPU, float32, max_length=128):
   1. whole build  `build_cache` with --backend torch (the checkpoint directory) and --backend onnx (the same
-                  model through `export`), and with the file after onnxruntime's transformer optimizer
-                  (fused attention/LayerNorm/GELU), if onnxruntime.transformers is importable. Rows/s of the
+                  model through `export`): by default the runner runs onnxruntime's transformer-optimized graph
+                  (fused attention/LayerNorm/GELU) where it keeps parity, and as before with the optimizer off. Rows/s of the
                   whole build (CSV load, tokenization, forward, shard writes) and the onnx/torch ratio; the
                   max |torch - onnxruntime| cached float32 logit and argmax agreement.
   2. levers       the teacher's forward passes alone over the same length-sorted token-budget batches the
@@ -21,6 +21,7 @@ Run (from the repository root, with the venv active):
     python benchmarks/bench_onnx.py                 # 1,000 rows, 2 interleaved rounds, best kept
     python benchmarks/bench_onnx.py --threads 1     # both runtimes on one intra-op thread
     python benchmarks/bench_onnx.py --quick         # 300 rows, 1 round
+    python benchmarks/bench_onnx.py --build-only    # section 1 only
 The machine may be shared: every comparison runs its methods in interleaved rounds and keeps each one's
 fastest round; the load average is printed at start and end. On a busy 2-core machine two intra-op threads
 contend with other processes (torch's batch-1 forward of a small model went from 3 to 225 ms in one such
@@ -28,11 +29,13 @@ spell), so compare at --threads 1 there as well.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -44,30 +47,19 @@ from bench_build import MAX_LENGTH, prepare_assets  # noqa: E402
 LEVER_ROWS = 400
 
 
-def fuse(path: Path) -> Path | None:
-    """onnxruntime's transformer optimizer: BERT subgraphs -> fused contrib ops. None where unavailable."""
-    try:
-        from onnxruntime.transformers.optimizer import optimize_model
-    except ImportError as error:
-        print(f"(onnxruntime.transformers not importable: {error}; skipping the fused graph)")
-        return None
-    model = optimize_model(str(path), model_type="bert", num_heads=12, hidden_size=384)
-    fused = path.with_name("model-fused.onnx")  # beside the tokenizer, so the onnx backend finds it
-    model.save_model_to_file(str(fused))
-    counts = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
-    print(f"fused graph: {counts}")
-    return fused
-
-
-def build(data: Path, source: Path, out: Path, backend: str) -> float:
+def build(data: Path, source: Path, out: Path, backend: str, fuse: bool = True) -> float:
+    """Seconds of a whole build; `fuse` False: the onnx backend as before the transformer optimizer was its
+    default (the optimizer made unavailable, which is what the runner falls back to)."""
     from mtkd_cache import BuildConfig, DatasetSpec, RunnerConfig, TeacherSpec, build_cache
 
     config = BuildConfig(dataset=DatasetSpec(source=str(data)), out=out, logits_dtype="float32",
                          teachers=(TeacherSpec(name="minilm", source=str(source)),),
                          runner=RunnerConfig(backend=backend, device="cpu", dtype="float32", max_length=MAX_LENGTH))
-    started = time.perf_counter()
-    build_cache(config)
-    return time.perf_counter() - started
+    unfused = mock.patch("mtkd_cache.runners.onnx_runner.fused_graph", lambda path: None)
+    with contextlib.nullcontext() if fuse else unfused:
+        started = time.perf_counter()
+        build_cache(config)
+        return time.perf_counter() - started
 
 
 def forward_only(runner, tokens, rows: int, batch_tokens: int) -> float:
@@ -117,6 +109,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000, help="texts to build (default 1000)")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds; each method's best is kept")
     parser.add_argument("--quick", action="store_true", help="300 rows, 1 round")
+    parser.add_argument("--build-only", action="store_true", help="section 1 only (the whole-build ratios)")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads for torch and onnxruntime alike (default: torch's default)")
     args = parser.parse_args()
@@ -144,14 +137,14 @@ def main() -> None:
               f"{onnxruntime.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
         report = export_model(ExportConfig(model_dir=tmp / "teacher", out=tmp / "onnx" / "model.onnx"))
         print(f"export: {report.seconds:.1f} s, {report.bytes / 1e6:.0f} MB, parity max |diff| {report.max_abs_diff:.1e}")
-        fused = fuse(report.out)
+        fused = OnnxTeacher("m", report.out, torch.device("cpu")).attn_implementation
+        print(f"onnx backend's default graph here: {fused}")
 
         # 1. whole build
-        sources = {"torch": (tmp / "teacher", "torch"), "onnx": (report.out, "onnx")}
-        if fused:
-            sources["onnx fused"] = (fused, "onnx")
+        sources = {"torch": (tmp / "teacher", "torch", True), "onnx (default: fused where faithful)": (report.out, "onnx", True),
+                   "onnx, optimizer off (the old default)": (report.out, "onnx", False)}
         counter = iter(range(10**6))
-        seconds = interleaved({name: (lambda s=s: build(tmp / "data", s[0], tmp / f"cache{next(counter)}", s[1]))
+        seconds = interleaved({name: (lambda s=s: build(tmp / "data", s[0], tmp / f"cache{next(counter)}", s[1], s[2]))
                                for name, s in sources.items()}, repeat)
         caches = {}
         for index, name in enumerate(sources):  # round 0's caches are cache0.. in method order
@@ -165,6 +158,10 @@ def main() -> None:
             print(f"   {name:<38}{speed:8.1f}{speed / base:10.2f}x{diff.max():16.1e}{agree:13.2%}")
         print("   rounds (rows/s): " + "; ".join(f"{n} " + " ".join(f"{rows / s:.1f}" for s in v) for n, v in seconds.items()))
 
+        if args.build_only:
+            print(f"\n(load average {os.getloadavg()[0]:.1f} at end; ratio > 1 means onnxruntime is faster)")
+            return
+
         # 2. levers, forward passes only
         count = min(rows, LEVER_ROWS)
         resolved = resolve_teacher(TeacherSpec("minilm", str(tmp / "teacher")), tuple(topics))
@@ -174,7 +171,8 @@ def main() -> None:
         threads = torch.get_num_threads()
         runners = {
             "torch (sdpa), 4096 tokens": (torch_runner, 4096),
-            f"onnx (defaults: optimization all, {threads} threads)": (OnnxTeacher("m", report.out, cpu), 4096),
+            f"onnx (defaults: fused, optimization all, {threads} threads)": (OnnxTeacher("m", report.out, cpu), 4096),
+            "onnx, optimizer off": (OnnxTeacher("m", report.out, cpu, OnnxOptions(fuse=False)), 4096),
             "onnx, optimization basic": (OnnxTeacher("m", report.out, cpu, OnnxOptions(optimization="basic")), 4096),
             "onnx, optimization disable": (OnnxTeacher("m", report.out, cpu, OnnxOptions(optimization="disable")), 4096),
             "onnx, 1 thread": (OnnxTeacher("m", report.out, cpu, OnnxOptions(threads=1)), 4096),
@@ -184,8 +182,6 @@ def main() -> None:
             "onnx, 2048 tokens per batch": (OnnxTeacher("m", report.out, cpu), 2048),
             "onnx, 16384 tokens per batch": (OnnxTeacher("m", report.out, cpu), 16384),
         }
-        if fused:
-            runners["onnx fused (transformer optimizer)"] = (OnnxTeacher("m", fused, cpu), 4096)
         for runner, budget in runners.values():
             forward_only(runner, tokens, min(count, 64), budget)  # warm-up
         rounds = max(repeat, 3)  # the levers differ by less than the machine's noise; more rounds

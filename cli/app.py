@@ -14,12 +14,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mtkd_cache import BuildConfig, DatasetSpec, RunnerConfig, build_cache, distributed, summarize, verify_cache
+from mtkd_cache import BuildConfig, DatasetSpec, RunnerConfig, build_cache, summarize, verify_cache
 from mtkd_cache.runners.openai_runner import EndpointOptions
 from mtkd_cache.runners.prompts import PromptConfig, parse_verbalizers
 from mtkd_cache.runners.teachers import parse_teachers
 
-from .common import app, quiet_console, split_list, stdout, user_errors
+from .common import LAZY_COMMANDS, app, quiet_console, split_list, stdout, user_errors
 from .options import ConfigFile, Threads, from_config
 from .progress import ProgressEvents, stderr
 
@@ -175,14 +175,31 @@ def demo(
     stdout.print(f"wrote {out / 'report.md'} and {out / 'report.png'}")
 
 
-from . import (  # noqa: E402,F401 - register their commands on `app`
-    augment_commands,
-    distill_commands,
-    import_commands,
-    model_commands,  # noqa: E402,F401 - export, predict
-    sharing_commands,
-    sweep_commands,
-)
+LAZY_COMMANDS.update({  # in the order `--help` lists them, after this module's own commands
+    "augment": ("augment_commands", "Write an unlabeled transfer split of augmented copies of a split's texts; "
+                                    "`build` reads it like any split."),
+    "experts": ("distill_commands", "Per-class accuracy of every teacher (with its 95% credible interval), the "
+                                    "expert of each class and the fallback teacher M."),
+    "select": ("distill_commands", "Write per-sample teacher weights of a strategy, and print who taught how often."),
+    "distill": ("distill_commands", "Train a student from the cache alone with a selection strategy; write the "
+                                    "student and the report."),
+    "finetune": ("distill_commands", "Plain supervised fine-tuning (a teacher, or a student before distillation); "
+                                     "no cache involved."),
+    "report": ("distill_commands", "Compare runs side by side: accuracy, macro-F1, MCC, median per-class difference "
+                                   "to each teacher."),
+    "export": ("model_commands", "Export a teacher or student to ONNX with dynamic axes and label names; check it "
+                                 "against torch (exit 1 on failure)."),
+    "predict": ("model_commands", "Each model's label and probability for each text, side by side (CPU)."),
+    "push": ("sharing_commands", "Send the shards the destination lacks (by sha256), verified on arrival; the "
+                                 "manifest goes last."),
+    "pull": ("sharing_commands", "Fetch the shards the local cache lacks (inputs and the chosen teachers), "
+                                 "verifying every one."),
+    "merge": ("sharing_commands", "Join caches built separately on the same dataset fingerprint and labels into one."),
+    "import-logits": ("import_commands", "Add logits computed elsewhere (.parquet, .csv, .npy) to a cache as a "
+                                         "teacher, every row checked first."),
+    "sweep": ("sweep_commands", "Distil a grid of strategies × α × T × seeds × teacher subsets from one load of the "
+                                "cache; rank them."),
+})
 
 
 def main() -> None:
@@ -193,6 +210,8 @@ def main() -> None:
     try:
         app(prog_name="mtkd-cache")
     except SystemExit as exit:
+        from mtkd_cache import distributed  # torch-free until a process group was joined
+
         distributed.leave(exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1))
         raise
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -13,15 +13,14 @@ from rich.table import Table
 from mtkd_cache import DatasetSpec, open_cache
 from mtkd_cache.cache.store import fetch
 from mtkd_cache.distillation.configs import DistillConfig, FinetuneConfig, TransferStage
-from mtkd_cache.distillation.experts import parse_teacher_subset
-from mtkd_cache.distillation.runs import distill as run_distill
-from mtkd_cache.distillation.runs import expert_table_for
-from mtkd_cache.distillation.runs import finetune as run_finetune
-from mtkd_cache.distillation.selection import select_teachers, write_selection
-from mtkd_cache.distillation.strategies import StrategyConfig
-from mtkd_cache.distillation.training import TrainConfig
-from mtkd_cache.report.comparison import compare_runs
-from mtkd_cache.serve.ensemble import EnsembleReport, evaluate_ensemble
+from mtkd_cache.distillation.experts import expert_table_for, parse_teacher_subset
+from mtkd_cache.distillation.strategy_config import StrategyConfig
+from mtkd_cache.distillation.train_config import TrainConfig
+
+# torch-free above this line (`experts` must start without it, tests/cli/test_startup.py); the training,
+# selection and ensemble stages are imported inside the commands that run them.
+if TYPE_CHECKING:
+    from mtkd_cache.serve.ensemble import EnsembleReport
 
 from .common import app, split_list, stdout, user_errors
 from .options import ConfigFile, Threads, field_help, from_config
@@ -47,7 +46,8 @@ def experts(
     with ProgressEvents() as events:
         opened = open_cache(fetch(cache, split_list(teachers), (split,), events).path)
     strategy = StrategyConfig(expert_confidence=expert_confidence, calibrate=calibrate)
-    table = expert_table_for(opened, split, parse_teacher_subset(split_list(teachers), opened.teacher_names), strategy)
+    table = expert_table_for(opened, split, parse_teacher_subset(split_list(teachers), opened.teacher_names),
+                             strategy=strategy)
     low, high = table.credible_intervals()
     if as_json:
         intervals = {t: {c: None if low[n, k] != low[n, k] else [float(low[n, k]), float(high[n, k])]
@@ -91,6 +91,8 @@ def select_command(
     config: ConfigFile = None,
 ) -> None:
     """Write per-sample teacher weights of a strategy, and print who taught how often."""
+    from mtkd_cache.distillation.selection import select_teachers, write_selection
+
     with ProgressEvents() as events:
         local = fetch(cache, split_list(teachers), (split, expert_split), events).path
     selection = select_teachers(local, split, StrategyConfig(strategy, noise_std, gamma, unlabeled, correct_fallback,
@@ -162,6 +164,8 @@ def distill_command(
         eval_split=eval_split, selection_split=selection_split, expert_split=expert_split,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length, seed=seed,
                           device=device, patience=patience, warmup_epochs=warmup_epochs), stage1=stage1)
+    from mtkd_cache.distillation.runs import distill as run_distill
+
     with ProgressEvents() as events:
         result = run_distill(distill_config, events)
     _print_result(result)
@@ -197,6 +201,8 @@ def finetune_command(
         student=model, out=out, tokenizer=tokenizer, train_split=train_split, eval_split=eval_split,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr, max_length=max_length, seed=seed,
                           device=device, patience=patience))
+    from mtkd_cache.distillation.runs import finetune as run_finetune
+
     with ProgressEvents() as events:
         result = run_finetune(finetune_config, events)
     _print_result(result)
@@ -217,6 +223,9 @@ def report(
     config: ConfigFile = None,
 ) -> None:
     """Compare runs side by side: accuracy, macro-F1, MCC, median per-class difference to each teacher."""
+    from mtkd_cache.report.comparison import compare_runs
+    from mtkd_cache.serve.ensemble import evaluate_ensemble
+
     scored = evaluate_ensemble(runs, split, cache, device) if ensemble else None
     comparison = compare_runs(runs, out, appendix=scored.markdown() if scored else ())
     shown = Table(*comparison.columns)

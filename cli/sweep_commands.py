@@ -84,6 +84,7 @@ def sweep(
     teachers: Annotated[str | None, typer.Option(help="Comma-separated teacher pool.", show_default="every teacher")] = None,
     max_minutes: Annotated[float | None, _as_for_distill(SweepConfig, "max_minutes")] = None,
     metric: Annotated[str | None, _as_for_distill(SweepConfig, "metric")] = None,
+    parallel: Annotated[int | None, _as_for_distill(SweepConfig, "parallel")] = None,
     epochs: Annotated[int | None, _as_for_distill(TrainConfig, "epochs")] = None,
     batch_size: Annotated[int | None, _as_for_distill(TrainConfig, "batch_size")] = None,
     lr: Annotated[float | None, _as_for_distill(TrainConfig, "learning_rate")] = None,

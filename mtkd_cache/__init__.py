@@ -15,8 +15,9 @@ does is a function here taking a config dataclass (README, "Python API"):
     CacheDataset / collate / cached_distillation_loss / DistillationTrainer
                                       distil from a cache inside your own loop or transformers.Trainer
 
-The cache-side names load with the package; the training and serving ones on first use, so that
-`import mtkd_cache` (and every CLI command) does not pay for what it does not touch.
+The cache-side names and every config load with the package, without torch or transformers; the training
+and serving ones on first use, so that `import mtkd_cache` (and `mtkd-cache --help`, `info`, `verify`,
+`experts`) does not pay for what it does not touch (tests/cli/test_startup.py).
 """
 
 from importlib import import_module
@@ -44,12 +45,12 @@ from mtkd_cache.runners.build import BuildConfig, BuildReport, build_cache
 from mtkd_cache.runners.teachers import TeacherSpec
 
 _LAZY = {
-    "mtkd_cache.distillation.experts": ("ExpertTable", "compute_expert_table"),
+    "mtkd_cache.distillation.experts": ("ExpertTable", "compute_expert_table", "expert_table_for"),
     "mtkd_cache.distillation.strategies": ("Strategy", "StrategyConfig", "select"),
     "mtkd_cache.distillation.selection": ("Selection", "select_teachers", "write_selection"),
     "mtkd_cache.distillation.training": ("TrainConfig",),
     "mtkd_cache.distillation.configs": ("DistillConfig", "FinetuneConfig", "TransferStage"),
-    "mtkd_cache.distillation.runs": ("RunResult", "distill", "finetune", "expert_table_for"),
+    "mtkd_cache.distillation.runs": ("RunResult", "distill", "finetune"),
     "mtkd_cache.distillation.sweep": ("SweepConfig", "SweepGrid", "SweepResult", "run_sweep"),
     "mtkd_cache.report.run_report": ("RunReport", "load_run_report"),
     "mtkd_cache.report.comparison": ("Comparison", "compare_runs"),

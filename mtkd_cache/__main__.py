@@ -3,4 +3,5 @@ library package touches the CLI package."""
 
 from mtkd_cache_cli.app import main
 
-main()
+if __name__ == "__main__":  # not when a spawned worker (sweep --parallel) imports this module as its main
+    main()

@@ -9,11 +9,13 @@ a typo fails before any work and a missing GPU fails on the machine that lacks i
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from mtkd_cache.choices import Choice
 from mtkd_cache.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads when a device is resolved: a config and `mtkd-cache info` do not pay for it
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N: a device is an open set, so it stays a checked string
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -49,6 +51,8 @@ def check_device(requested: str, flag: str = "--device") -> str:
 
 
 def resolve_device(requested: str) -> torch.device:
+    import torch
+
     check_device(requested)
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,6 +68,8 @@ def resolve_device(requested: str) -> torch.device:
 
 def resolve_dtype(requested: str | DType, device: torch.device) -> torch.dtype:
     """`auto` is bfloat16 on CUDA cards that support it, float16 on older cards, float32 on CPU."""
+    import torch
+
     requested = DType.parse(requested, "--dtype")
     if requested is DType.AUTO:
         if device.type != "cuda":

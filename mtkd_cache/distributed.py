@@ -12,12 +12,12 @@ import datetime
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from mtkd_cache.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads when a process group is used: importing this module costs nothing
+    import torch
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class DistributedContext:
 
     def device(self, requested: str) -> torch.device:
         """The device of this rank: with CUDA, the GPU of its local rank."""
+        import torch
+
         from mtkd_cache.devices import resolve_device
 
         device = resolve_device(requested)
@@ -50,12 +52,16 @@ class DistributedContext:
 
     def barrier(self) -> None:
         if self.active:
+            import torch.distributed as dist
+
             dist.barrier()
 
     def all_gather(self, value: Any) -> list[Any]:
         """Every rank's `value`, in rank order (picklable objects)."""
         if not self.active:
             return [value]
+        import torch.distributed as dist
+
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, value)
         return gathered
@@ -64,6 +70,8 @@ class DistributedContext:
         """Rank 0's `value` on every rank."""
         if not self.active:
             return value
+        import torch.distributed as dist
+
         holder = [value]
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
@@ -74,6 +82,9 @@ def current() -> DistributedContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistributedContext()
+    import torch
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         # Long timeout: a rank may wait at a barrier while another one runs a whole teacher over its shards.
@@ -86,6 +97,8 @@ def current() -> DistributedContext:
 
 
 def _leave_process_group() -> None:
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -98,7 +111,8 @@ def leave(exit_code: int) -> None:
     shutdown), which torchrun reports as a failed run. So a finished rank waits for the others at a
     barrier (no rank leaves while another still needs a collective) and exits without the teardown. A
     failing rank leaves at once: torchrun stops the others."""
-    if not dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")  # never imported: there is no process group to leave
+    if dist is None or not dist.is_initialized():
         return
     if exit_code == 0:
         dist.barrier()

@@ -44,6 +44,16 @@ OUTPUTS_DIR = "outputs"
 SHARD_FOLDERS = (INPUTS_DIR, OUTPUTS_DIR)
 EXPERTS_DIR = "experts"
 STUDENT_INPUTS_DIR = "student-inputs"
+DECODED_DIR = "decoded"  # derived: teacher shards' logits as raw arrays (cache/sidecar.py), keyed by shard sha256
+
+
+def decoded_path(shard_sha256: str) -> str:
+    """The decoded sidecar of the teacher shard whose sha256 is `shard_sha256` (64 hex digits)."""
+    if len(shard_sha256) != 64 or any(c not in "0123456789abcdef" for c in shard_sha256):
+        raise ValueError(f"not a sha256 hex digest: {shard_sha256!r}")
+    return f"{DECODED_DIR}/{shard_sha256}.logits"
+
+
 # Row numbers are zero-padded to 10 digits so that shard names sort in row order; no split can have more
 # rows than that (the manifest parser refuses larger row counts before anything is allocated for them).
 _ROWS = "rows-{start:010d}-{end:010d}.parquet"

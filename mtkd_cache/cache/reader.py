@@ -1,8 +1,10 @@
 """Reading a cache: a split's inputs, and teacher logits [S, N, K] / predictions [S, N] as arrays.
 
 Every shard is checked against its manifest checksum the first time this process reads it; later
-reads of the same shard skip the hash. Every read also checks that the shard is the one listed (its
-identity metadata and sample ids, shards.check_identity) and that its logits are finite. Only shards the
+reads of the same shard skip the hash. A teacher shard read once leaves a verified decoded sidecar
+(cache/sidecar.py) that later reads, in any process, use instead of decoding the Parquet again.
+Every read of a shard also checks that it is the one listed (its identity metadata and sample ids,
+shards.check_identity) and that its logits are finite. Only shards the
 manifest lists are ever opened, never a glob, and never through a symbolic link.
 
     cache = open_cache("cache/")
@@ -23,6 +25,7 @@ import numpy as np
 
 from mtkd_cache.cache.manifest import Manifest, ShardRecord, load_manifest
 from mtkd_cache.cache.shards import check_finite_logits, check_identity, parse_shard, read_shard_bytes, read_verified_bytes
+from mtkd_cache.cache.sidecar import read_sidecar, write_sidecar
 from mtkd_cache.errors import CacheIntegrityError, ConfigError
 
 _verified: set[tuple[str, str]] = set()  # (absolute path, sha256) already hashed in this process
@@ -79,10 +82,16 @@ class Cache:
         preds = np.empty((rows, len(names)), dtype=np.int64)
 
         def fill(position: int, record: ShardRecord) -> None:
-            # Each shard lands straight in its slice: no concatenated intermediate table.
+            # Each shard lands straight in its slice: no concatenated intermediate table. Its decoded
+            # sidecar, when a valid one exists, stands in for parsing the Parquet (cache/sidecar.py).
+            shard_logits = logits[record.row_start:record.row_end, position, :]
+            shard_preds = preds[record.row_start:record.row_end, position]
+            if read_sidecar(self.path, record, shard_logits, shard_preds):
+                return
             table = self._parse_aligned(record, ["sample_id", "logits", "pred"])
-            logits[record.row_start:record.row_end, position, :] = check_finite_logits(table, record)
-            preds[record.row_start:record.row_end, position] = table.column("pred").to_numpy()
+            shard_logits[...] = check_finite_logits(table, record)
+            shard_preds[...] = table.column("pred").to_numpy()
+            write_sidecar(self.path, record, shard_logits, shard_preds)
 
         # pyarrow decodes and hashlib hashes without the GIL, so shards parse in parallel on every core.
         with ThreadPoolExecutor(max_workers=min(len(work), os.cpu_count() or 1) or 1) as pool:

@@ -14,8 +14,8 @@ from pathlib import Path
 from mtkd_cache.cache.store import is_url
 from mtkd_cache.data.datasets import DatasetSpec
 from mtkd_cache.distillation.checks import require_finite
-from mtkd_cache.distillation.strategies import Strategy, StrategyConfig
-from mtkd_cache.distillation.training import TrainConfig
+from mtkd_cache.distillation.strategy_config import Strategy, StrategyConfig
+from mtkd_cache.distillation.train_config import TrainConfig
 from mtkd_cache.errors import ConfigError
 
 SELECTION_SPLIT_HELP = "Split that picks the best epoch; default validation when cached, else the eval split."

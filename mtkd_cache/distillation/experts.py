@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,9 @@ import numpy as np
 import polars as pl
 
 from mtkd_cache.atomic import write_atomically
-from mtkd_cache.errors import ConfigError, DataError
+from mtkd_cache.cache.reader import Cache
+from mtkd_cache.distillation.strategy_config import StrategyConfig
+from mtkd_cache.errors import CacheWriteError, ConfigError, DataError
 from mtkd_cache.layout import EXPERTS_DIR
 
 
@@ -234,6 +237,44 @@ def save_expert_table(cache_dir: Path, table: ExpertTable, dataset_fingerprint: 
     write_atomically(path, json.dumps({"dataset_fingerprint": dataset_fingerprint, **table.to_json()}, indent=1),
                      durable=False)
     return path
+
+
+def expert_table_for(cache: Cache, split: str, teachers: tuple[str, ...], preds: np.ndarray | None = None,
+                     labels: np.ndarray | None = None, strategy: StrategyConfig | None = None) -> ExpertTable:
+    """The expert table of `teachers` on `split`, also stored beside the manifest for `select` and the report;
+    with `strategy`, as that strategy uses it (see `for_strategy`).
+
+    `preds` int [S, N] and `labels` int [S] when the caller already holds them (a PreparedCache); read from
+    the cache otherwise. numpy and polars only: `mtkd-cache experts` does not load torch."""
+    preds = cache.teacher_outputs(split, teachers).preds if preds is None else preds
+    labels = cache.inputs(split).labels if labels is None else labels
+    table = compute_expert_table(preds, labels, teachers, cache.label_names, split)
+    store_expert_table(cache, table)
+    if strategy is None:
+        return table
+    return for_strategy(table, strategy, lambda: cache.teacher_outputs(split, teachers).logits, labels, cache)
+
+
+def for_strategy(table: ExpertTable, strategy: StrategyConfig, logits: Callable[[], np.ndarray], labels: np.ndarray,
+                 cache: Cache | None = None) -> ExpertTable:
+    """The table as `strategy` uses it. With `calibrate`, the teachers' temperatures fitted on the table's split
+    (`logits()`: float [S, N, K] of that split, read only then; the calibrated table is stored when `cache` is
+    given); with `expert_confidence`, its experts kept only where better than M at that level (never stored:
+    the stored table is the plain rule's)."""
+    if strategy.calibrate:
+        table = table.with_temperatures(fit_temperatures(np.asarray(logits(), dtype=np.float32), labels))
+        if cache is not None:
+            store_expert_table(cache, table)
+    if strategy.expert_confidence is not None:
+        table = table.with_confidence(strategy.expert_confidence)
+    return table
+
+
+def store_expert_table(cache: Cache, table: ExpertTable) -> None:
+    try:
+        save_expert_table(cache.path, table, cache.manifest.dataset.fingerprint)
+    except (OSError, CacheWriteError):
+        pass  # a read-only shared cache: the table is recomputed next time, nothing is lost
 
 
 def parse_teacher_subset(value: str | tuple[str, ...] | None, available: tuple[str, ...]) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ from mtkd_cache.data.batching import tokenize_rows
 from mtkd_cache.data.datasets import load_task_data
 from mtkd_cache.devices import resolve_device
 from mtkd_cache.distillation.configs import DistillConfig, FinetuneConfig, TransferStage
-from mtkd_cache.distillation.experts import ExpertTable, parse_teacher_subset
+from mtkd_cache.distillation.experts import expert_table_for, parse_teacher_subset
 from mtkd_cache.distillation.run import Run, RunIdentity, StageEvents, config_payload, epoch_json
 from mtkd_cache.distillation.session import PreparedCache
 from mtkd_cache.distillation.strategies import NEEDS_EXPERTS, STOCHASTIC, StrategyConfig, TeacherSignal, who_taught
@@ -48,12 +48,6 @@ class RunResult:
     report: RunReport
     train: TrainResult
     warnings: list[str] = field(default_factory=list)
-
-
-def expert_table_for(cache: Cache, split: str, teachers: tuple[str, ...],
-                     strategy: StrategyConfig | None = None) -> ExpertTable:
-    """The expert table of `teachers` on `split`, as `strategy` (its confidence and calibration) would use it."""
-    return PreparedCache(cache).strategy_table(strategy or StrategyConfig(), split, teachers)
 
 
 def resolve_splits(config: DistillConfig, split_names: tuple[str, ...]) -> str:

@@ -22,7 +22,7 @@ import torch
 from mtkd_cache.atomic import write_atomically
 from mtkd_cache.cache.reader import Cache, SplitInputs, open_cache
 from mtkd_cache.data.batching import TokenizedRows, tokenize_rows
-from mtkd_cache.distillation.experts import ExpertTable, compute_expert_table, fit_temperatures, save_expert_table
+from mtkd_cache.distillation.experts import ExpertTable, expert_table_for, for_strategy
 from mtkd_cache.distillation.strategies import STOCHASTIC, ExpertTensors, StrategyConfig, TeacherSignal, select
 from mtkd_cache.errors import CacheWriteError
 from mtkd_cache.hashing import sha256_bytes, sha256_files
@@ -63,32 +63,18 @@ class PreparedCache:
         key = (split, teachers)
         if key not in self._tables:
             _, preds = self.teacher_tensors(split, teachers)
-            table = compute_expert_table(preds.numpy(), self.inputs(split).labels, teachers, self.cache.label_names, split)
-            self._save(table)
-            self._tables[key] = table
+            self._tables[key] = expert_table_for(self.cache, split, teachers, preds.numpy(), self.inputs(split).labels)
         return self._tables[key]
 
-    def _save(self, table: ExpertTable) -> None:
-        try:
-            save_expert_table(self.cache.path, table, self.cache.manifest.dataset.fingerprint)
-        except (OSError, CacheWriteError):
-            pass  # a read-only shared cache: the table is recomputed next time, nothing is lost
-
     def strategy_table(self, strategy: StrategyConfig, split: str, teachers: tuple[str, ...]) -> ExpertTable:
-        """The expert table as `strategy` uses it: with its confidence rule and, when it calibrates, the
-        teachers' temperatures fitted on the same split."""
-        table = self.expert_table(split, teachers)
-        if strategy.expert_confidence is not None:
-            table = table.with_confidence(strategy.expert_confidence)
-        if strategy.calibrate:
-            key = ("temperatures", split, teachers)
-            if key not in self._tables:
-                logits, _ = self.teacher_tensors(split, teachers)
-                fitted = table.with_temperatures(fit_temperatures(logits.numpy(), self.inputs(split).labels))
-                self._save(fitted)
-                self._tables[key] = fitted
-            table = table.with_temperatures(self._tables[key].temperatures)
-        return table
+        """The expert table as `strategy` uses it (its confidence rule; with `calibrate`, the teachers'
+        temperatures fitted on the same split), computed once per process."""
+        key = (split, teachers, strategy.expert_confidence, strategy.calibrate)
+        if key not in self._tables:
+            self._tables[key] = for_strategy(self.expert_table(split, teachers), strategy,
+                                             lambda: self.teacher_tensors(split, teachers)[0].numpy(),
+                                             self.inputs(split).labels, self.cache)
+        return self._tables[key]
 
     def signal(self, strategy: StrategyConfig, teachers: tuple[str, ...], split: str, expert_split: str,
                seed: int, epoch: int) -> TeacherSignal:

@@ -87,9 +87,13 @@ class SweepConfig:
     max_minutes: float | None = field(default=None, metadata={"help": "Start no new run after this many minutes."})
     metric: Metric = field(default=Metric.ACCURACY, metadata={"help": "accuracy, macro_f1 or mcc: what the leaderboard "
                                                                       "ranks by."})
+    parallel: int = field(default=1, metadata={"help": "Runs trained at once, each in its own process on the same "
+                                                       "device (small students on one GPU); 1: one after another."})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metric", Metric.parse(self.metric))
+        if not isinstance(self.parallel, int) or isinstance(self.parallel, bool) or self.parallel < 1:
+            raise ConfigError(f"--parallel must be a whole number of at least 1, not {self.parallel!r}.")
         if self.max_minutes is not None:  # NaN would never stop the sweep: `elapsed > nan` is always False
             require_in_range("--max-minutes", self.max_minutes, 0)  # 0: start no run, write the leaderboard
 
@@ -158,6 +162,9 @@ def run_sweep(config: SweepConfig, events: SweepEvents | None = None) -> SweepRe
     runs = expand_grid(config, prepared.cache.teacher_names)
     resolve_splits(config.base, prepared.cache.split_names)
     context = distributed.current()
+    if config.parallel > 1 and context.active:
+        raise ConfigError("--parallel and torchrun both share the runs out (processes on one device, ranks on "
+                          "several); use one of them.")
     out = config.base.out
     check_run_directory(out, ours=(RUNS_DIR, LEADERBOARD))  # a sweep's own directory, or a new or empty one
     # This rank's runs and their directories, each checked before the sweep writes anything.
@@ -186,21 +193,24 @@ def _run_grid(config: SweepConfig, planned: int, mine: list[tuple[int, SweepRun,
     simpler and faster than DDP when a student fits one GPU."""
     done: list[tuple[int, RunRow]] = []
     stopped = False
+    pending = []
     for index, run, run_dir in mine:
         finished = _finished_row(run_dir)
         if finished is not None:
             done.append((index, finished))
             events.run_finished(finished)
-            continue
+        else:
+            pending.append((index, run, run_dir))
+    if config.parallel > 1 and len(pending) > 1:
+        trained, stopped = _train_in_processes(config, planned, pending, events, started)
+        done += trained
+        pending = []
+    for index, run, run_dir in pending:
         if config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes:
             stopped = True
             break
         events.run_started(index, planned, run.name)
-        run_started = time.perf_counter()
-        outcome = distill(dataclasses.replace(run.config, out=run_dir), events, prepared=prepared, data_parallel=False)
-        row = _row(run_dir.name, run.config, outcome, time.perf_counter() - run_started)
-        write_atomically(run_dir / DONE_MARKER, json.dumps(dataclasses.asdict(row), indent=1), durable=False)
-        fault_point("sweep_run_finished")
+        row = _train_one(run, run_dir, prepared, events)
         done.append((index, row))
         events.run_finished(row)
     gathered = context.all_gather((done, stopped))
@@ -209,6 +219,83 @@ def _run_grid(config: SweepConfig, planned: int, mine: list[tuple[int, SweepRun,
     leaderboard = write_leaderboard(config.base.out, rows, config.metric) if context.is_main else None
     return SweepResult(rows=rows, planned=planned, stopped_by_budget=any(flag for _, flag in gathered),
                        seconds=time.perf_counter() - started, leaderboard=leaderboard)
+
+
+def _train_one(run: SweepRun, run_dir: Path, prepared: PreparedCache, events: ProgressEvents) -> RunRow:
+    run_started = time.perf_counter()
+    outcome = distill(dataclasses.replace(run.config, out=run_dir), events, prepared=prepared, data_parallel=False)
+    row = _row(run_dir.name, run.config, outcome, time.perf_counter() - run_started)
+    write_atomically(run_dir / DONE_MARKER, json.dumps(dataclasses.asdict(row), indent=1), durable=False)
+    fault_point("sweep_run_finished")
+    return row
+
+
+def _train_in_processes(config: SweepConfig, planned: int, pending: list[tuple[int, SweepRun, Path]],
+                        events: SweepEvents, started: float) -> tuple[list[tuple[int, RunRow]], bool]:
+    """`--parallel N`: N processes on the same device, each with its own PreparedCache (a later cache read is
+    fast: cache/sidecar.py) training every N-th pending run. A small student leaves most of a GPU idle
+    between its kernels; N at once fill it. Runs finish as they would one at a time (same seeds, same
+    files, DONE markers), so a killed parallel sweep resumes like any other. (trained rows, budget hit)."""
+    import multiprocessing
+
+    import torch
+
+    workers = min(config.parallel, len(pending))
+    spawn = multiprocessing.get_context("spawn")  # CUDA cannot be initialised again in a forked child
+    errors = spawn.SimpleQueue()
+    budget_left = None if config.max_minutes is None else 60 * config.max_minutes - (time.perf_counter() - started)
+    threads = max(1, torch.get_num_threads() // workers)  # the CPU's intra-op threads shared out, not multiplied
+    processes = [spawn.Process(target=_train_share, args=(pending[w::workers], budget_left, threads, errors),
+                               name=f"mtkd-sweep-{w}") for w in range(workers)]
+    for index, run, _ in pending[:workers]:
+        events.run_started(index, planned, run.name)
+    for process in processes:
+        process.start()
+    done: dict[int, RunRow] = {}
+    try:
+        while True:
+            running = any(process.is_alive() for process in processes)
+            for index, _, run_dir in pending:
+                row = None if index in done else _finished_row(run_dir)
+                if row is not None:
+                    done[index] = dataclasses.replace(row, status="trained")
+                    events.run_finished(done[index])
+            if not running:
+                break
+            time.sleep(0.2)
+    finally:
+        for process in processes:  # an interrupted parent (Ctrl-C) stops its workers too
+            if process.is_alive():
+                process.terminate()
+            process.join()
+    failed = [process.name for process in processes if process.exitcode != 0]
+    if failed:
+        messages = []
+        while not errors.empty():
+            messages.append(errors.get())
+        raise MtkdError("; ".join(messages) or f"sweep worker(s) {', '.join(failed)} died (exit codes "
+                        f"{', '.join(str(p.exitcode) for p in processes if p.exitcode != 0)}); re-run the same "
+                        "command to resume.")
+    return sorted(done.items()), len(done) < len(pending)
+
+
+def _train_share(share: list[tuple[int, SweepRun, Path]], budget_left: float | None, threads: int, errors) -> None:
+    """One `--parallel` worker (a spawned process): its runs one after another, from its own loaded cache."""
+    import torch
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    name = share[0][1].name
+    try:
+        prepared = PreparedCache(share[0][1].config.cache)
+        for _, run, run_dir in share:
+            if budget_left is not None and time.perf_counter() - started > budget_left:
+                return
+            name = run.name
+            _train_one(run, run_dir, prepared, SilentEvents())
+    except MtkdError as error:
+        errors.put(f"run {name}: {error}")
+        raise SystemExit(2) from None
 
 
 def _row(name: str, config: DistillConfig, outcome: RunResult, run_seconds: float) -> RunRow:
@@ -235,7 +322,7 @@ _RUN_KEYS = {"cache": Path, "student": str, "out": Path, "teachers": str, "token
                  "noise_std": float, "gamma": float, "unlabeled": str, "correct_fallback": str,
                  "expert_confidence": float, "calibrate": bool}}
 _STRATEGY_KEYS = ("noise_std", "gamma", "unlabeled", "correct_fallback", "expert_confidence", "calibrate")
-_SWEEP_KEYS = {"max_minutes": float, "metric": str}
+_SWEEP_KEYS = {"max_minutes": float, "metric": str, "parallel": int}
 OPTION_KEYS = {**_GRID_KEYS, **_TRAIN_KEYS, **_RUN_KEYS, **_SWEEP_KEYS}
 _GRID_FIELDS = {"strategy": "strategies", "alpha": "alphas", "temperature": "temperatures", "seed": "seeds",
                 "teacher_subsets": "subset_sizes"}

@@ -22,9 +22,9 @@ import torch
 from mtkd_cache._faults import fault_point
 from mtkd_cache.atomic import recover_directory, remove_temporaries, replace_directory, write_atomically
 from mtkd_cache.data.batching import TokenizedRows, batched_forward, pad_rows
-from mtkd_cache.distillation.checks import require_finite
 from mtkd_cache.distillation.losses import distillation_loss, supervised_loss
 from mtkd_cache.distillation.strategies import TeacherSignal
+from mtkd_cache.distillation.train_config import TrainConfig as TrainConfig  # its home before torch-free configs
 from mtkd_cache.distributed import DistributedContext
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.layout import CHECKPOINT, STUDENT_DIR
@@ -32,39 +32,6 @@ from mtkd_cache.progress import ProgressEvents, SilentEvents
 
 BEST_DIR = STUDENT_DIR  # the name the demo and the serve stage know the best student's directory by
 _BUCKET_BATCHES = 50  # rows are sorted by length within windows of this many batches
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = field(default=3, metadata={"help": "Training epochs, warm-up epochs included."})
-    batch_size: int = field(default=8, metadata={"help": "Rows per optimizer step."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of optimizer steps with a linearly rising "
-                                                               "learning rate."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    max_length: int = field(default=128, metadata={"help": "Student tokens per text."})
-    seed: int = field(default=0, metadata={"help": "Seed: on CPU a run is reproducible bit for bit."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
-    patience: int | None = field(default=None, metadata={"help": "Stop after this many epochs without a better "
-                                                                 "selection score."})
-    warmup_epochs: int = field(default=0, metadata={"help": "Plain fine-tuning epochs before distillation "
-                                                            "(counted in --epochs)."})
-
-    def __post_init__(self) -> None:
-        for flag, value in (("--lr", self.learning_rate), ("--weight-decay", self.weight_decay),
-                            ("--warmup-ratio", self.warmup_ratio), ("--max-grad-norm", self.max_grad_norm)):
-            require_finite(flag, value)
-        checks = [(self.epochs >= 1, "--epochs must be at least 1"), (self.batch_size >= 1, "--batch-size must be positive"),
-                  (self.max_length >= 1, f"--max-length must be at least 1, not {self.max_length}"),
-                  (self.weight_decay >= 0, "--weight-decay must not be negative"),
-                  (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
-                  (self.learning_rate > 0, "--lr must be positive"), (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
-                  (0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs must be between 0 and --epochs"),
-                  (self.patience is None or self.patience >= 1, "--patience must be at least 1")]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message + ".")
 
 
 @dataclass

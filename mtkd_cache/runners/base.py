@@ -8,10 +8,9 @@ backend (`torch_runner.TorchTeacher`) and the onnx backend (`onnx_runner.OnnxTea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from mtkd_cache._faults import fault_point
 from mtkd_cache.choices import Choice
@@ -21,6 +20,9 @@ from mtkd_cache.errors import ConfigError
 from mtkd_cache.progress import ProgressEvents
 from mtkd_cache.runners.prompts import PromptConfig
 from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, local_files, resolve_teacher
+
+if TYPE_CHECKING:  # torch loads with a runner: RunnerConfig and `mtkd-cache --help` do not pay for it
+    import torch
 
 
 class Backend(Choice):

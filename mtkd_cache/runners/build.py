@@ -16,9 +16,9 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from mtkd_cache import distributed
 from mtkd_cache.atomic import remove_temporaries
@@ -69,6 +69,9 @@ from mtkd_cache.runners.base import (
 from mtkd_cache.runners.openai_runner import EndpointOptions
 from mtkd_cache.runners.prompts import PromptConfig
 from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, check_backend
+
+if TYPE_CHECKING:  # torch loads with the first runner: BuildConfig and `mtkd-cache --help` do not pay for it
+    import torch
 
 _MAX_IDS_NAMED = 10
 
@@ -398,6 +401,8 @@ def _write_outputs(out: Path, task: TaskData, manifest: Manifest, committer: Sha
                 close()
             del runner
             if device.type == "cuda":
+                import torch
+
                 torch.cuda.empty_cache()
             report.stage_seconds[f"teacher {name}"] = time.perf_counter() - started
 

@@ -43,7 +43,7 @@ from helpers.moto_s3 import moto_server, point_s3_at
 from mtkd_cache import CacheFormatError, CacheIntegrityError, CacheMismatchError, ConfigError, open_cache, verify_cache
 from mtkd_cache.cache.manifest import load_manifest
 from mtkd_cache.cache.sharing import TransferReport, merge, pull, push, read_remote_manifest
-from mtkd_cache.layout import CARD_NAME, MANIFEST_NAME
+from mtkd_cache.layout import CARD_NAME, DECODED_DIR, MANIFEST_NAME
 from mtkd_cache_cli.app import app
 
 runner = CliRunner()
@@ -104,10 +104,12 @@ def _total_bytes(cache: Path, teacher: str | None = "__all__") -> int:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    """Every file under `root` but the manifest (timestamps differ between runs), the lock file and a pushed
-    cache's card (it names the URL pushed to; tests/cache/test_card.py checks it)."""
+    """Every file under `root` but the manifest (timestamps differ between runs), the lock file, a pushed
+    cache's card (it names the URL pushed to; tests/cache/test_card.py checks it) and the decoded sidecars a
+    read leaves (derived, never shared: cache/sidecar.py)."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name not in (MANIFEST_NAME, ".lock", CARD_NAME)}
+            if p.is_file() and p.name not in (MANIFEST_NAME, ".lock", CARD_NAME)
+            and p.relative_to(root).parts[0] != DECODED_DIR}
 
 
 def _hidden(root: Path) -> list[str]:

@@ -15,7 +15,10 @@ import pytest
 import typer.main
 
 from mtkd_cache_cli.app import app
+from mtkd_cache_cli.common import load_commands
 from mtkd_cache_cli.options import field_help
+
+load_commands()  # every command module, not only those `--help` and `info` load (tests/cli/test_startup.py)
 
 # The commands whose options are the library's config fields (each must have at least one).
 CONFIGURED_COMMANDS = {"build", "augment", "experts", "select", "distill", "finetune", "sweep", "export", "predict"}
