@@ -64,7 +64,7 @@ def test_metrics_jsonl_grows_as_each_epoch_ends(env, tmp_path):
                           strategy=StrategyConfig("average"), expert_split="validation",
                           train=TrainConfig(epochs=3, learning_rate=1e-3, device="cpu")), Recorder())
     assert seen == [0, 1, 2]
-    assert [json.loads(line)["epoch"] for line in (out / METRICS_LOG).read_text().splitlines()] == [0, 1, 2]
+    assert [json.loads(line)["epoch"] for line in (out / METRICS_LOG).read_text().splitlines()] == [1, 2, 3]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
