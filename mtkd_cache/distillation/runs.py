@@ -28,7 +28,13 @@ from mtkd_cache.distillation.experts import ExpertTable, parse_teacher_subset
 from mtkd_cache.distillation.run import Run, RunIdentity, StageEvents, config_payload
 from mtkd_cache.distillation.session import PreparedCache
 from mtkd_cache.distillation.strategies import NEEDS_EXPERTS, STOCHASTIC, TeacherSignal
-from mtkd_cache.distillation.students import build_student, check_max_length, count_parameters, load_saved_student
+from mtkd_cache.distillation.students import (
+    build_student,
+    check_max_length,
+    count_parameters,
+    load_saved_student,
+    student_source_record,
+)
 from mtkd_cache.distillation.training import Distillation, SplitTensors, TrainResult, predict_logits, train
 from mtkd_cache.distributed import DistributedContext
 from mtkd_cache.errors import ConfigError
@@ -127,7 +133,7 @@ def distill(config: DistillConfig, events: ProgressEvents | None = None, *, prep
     model, tokenizer, kind = build_student(config.student, cache.label_names, config.tokenizer)
     check_max_length(model, config.train.max_length)
     with run.removed_if_refused():  # a fresh --out refused while setting up is not left half-written
-        run.start(student_kind=kind)
+        run.start(student_kind=kind, **student_source_record(config.student))
         split_tensors = {split: SplitTensors(prepared.tokens(tokenizer, config.train.max_length, split),
                                              prepared.inputs(split).labels)
                          for split in dict.fromkeys((config.train_split, selection_split, config.eval_split))}
@@ -243,7 +249,7 @@ def finetune(config: FinetuneConfig, events: ProgressEvents | None = None) -> Ru
     model, tokenizer, kind = build_student(config.student, task.label_names, config.tokenizer)
     check_max_length(model, config.train.max_length)
     with run.removed_if_refused():
-        run.start(student_kind=kind)
+        run.start(student_kind=kind, **student_source_record(config.student))
         tensors = {name: SplitTensors(tokenize_rows(tokenizer, s.texts, s.text_pairs, config.train.max_length), s.labels)
                    for name, s in task.splits.items() if name in (config.train_split, selection_split, config.eval_split)}
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from mtkd_cache.atomic import temporary_path, write_atomically
+from mtkd_cache.distillation.static_student import STATIC_CONFIG, StaticClassifier
 from mtkd_cache.distillation.students import BILSTM_CONFIG, BiLSTMClassifier, load_saved_student
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.layout import PACKAGE_VERSION
@@ -62,7 +63,7 @@ class ExportConfig:
 @dataclass
 class ExportReport:
     out: Path
-    kind: str  # "hf" or "bilstm"
+    kind: str  # "hf", "bilstm" or "static"
     label_names: tuple[str, ...]
     input_names: tuple[str, ...]
     max_abs_diff: float
@@ -129,18 +130,18 @@ def check_export_target(out: Path, model_dir: Path, onnx) -> None:
         if not props.get("exported_by", "").startswith("mtkd-cache"):
             raise ConfigError(f"--out {out} exists and is not an ONNX export of mtkd-cache; choose another file name.")
     parent = out.parent
-    holds_model = any((parent / name).exists() for name in ("config.json", BILSTM_CONFIG))
+    holds_model = any((parent / name).exists() for name in ("config.json", BILSTM_CONFIG, STATIC_CONFIG))
     if holds_model and parent.resolve() != model_dir.resolve():
         raise ConfigError(f"--out {out}: {parent} holds another model, whose tokenizer files the export would "
                           "replace; give the export a directory of its own.")
 
 
 def load_model_dir(directory: Path, label_names: tuple[str, ...] | None = None):
-    """(model in eval mode, tokenizer, kind "hf" or "bilstm", label names) of a saved teacher or student."""
+    """(model in eval mode, tokenizer, kind "hf", "bilstm" or "static", label names) of a saved teacher or student."""
     if not directory.is_dir():
         problem = "is not a directory" if directory.exists() else "does not exist"
         raise ConfigError(f"{directory} {problem}; pass a save_pretrained directory or a run's student/ directory.")
-    if not (directory / "config.json").exists() and not (directory / BILSTM_CONFIG).exists():
+    if not any((directory / name).exists() for name in ("config.json", BILSTM_CONFIG, STATIC_CONFIG)):
         raise ConfigError(f"{directory} holds no model (no config.json or {BILSTM_CONFIG}); pass a save_pretrained "
                           "directory or a run's student/ directory.")
     try:
@@ -148,7 +149,7 @@ def load_model_dir(directory: Path, label_names: tuple[str, ...] | None = None):
     except (OSError, ValueError, KeyError) as error:
         raise ConfigError(f"cannot load the model in {directory}: {str(error).splitlines()[0]}") from error
     model.eval()
-    kind = "bilstm" if isinstance(model, BiLSTMClassifier) else "hf"
+    kind = "bilstm" if isinstance(model, BiLSTMClassifier) else "static" if isinstance(model, StaticClassifier) else "hf"
     return model, tokenizer, kind, model_label_names(model, directory, label_names)
 
 
@@ -159,6 +160,8 @@ def model_label_names(model, directory: Path, given: tuple[str, ...] | None) -> 
         if len(given) != count:
             raise ConfigError(f"--label-names gives {len(given)} names but {directory} predicts {count} classes.")
         return tuple(given)
+    if isinstance(model, StaticClassifier):
+        return tuple(model.config.label_names)
     if isinstance(model, BiLSTMClassifier):
         if model.config.label_names:
             return tuple(model.config.label_names)
@@ -169,7 +172,7 @@ def model_label_names(model, directory: Path, given: tuple[str, ...] | None) -> 
 
 
 def model_input_names(model, tokenizer, kind: str) -> tuple[str, ...]:
-    if kind == "bilstm":
+    if kind in ("bilstm", "static"):
         return ("input_ids", "attention_mask")
     import inspect
 
