@@ -13,6 +13,7 @@ model2vec's, which adds no special tokens.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -123,6 +124,8 @@ def distil_table(spec: str, directory: Path, dims: int):
     width = getattr(AutoConfig.from_pretrained(directory), "hidden_size", None)
     state = np.random.get_state()
     np.random.seed(0)
+    for name in ("model2vec", "skeletoken"):  # e.g. "tokenizer defines a pad_token": expected here
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return distill(model_name=str(directory), pca_dims=min(dims, width) if width else dims, quantize_to="float32")
     except (OSError, ValueError) as error:
