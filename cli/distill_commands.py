@@ -19,6 +19,7 @@ from mtkd_cache.distillation.runs import finetune as run_finetune
 from mtkd_cache.distillation.selection import select_teachers, write_selection
 from mtkd_cache.distillation.strategies import StrategyConfig
 from mtkd_cache.distillation.training import TrainConfig
+from mtkd_cache.errors import ConfigError
 from mtkd_cache.report.comparison import compare_runs
 from mtkd_cache.serve.ensemble import EnsembleReport, evaluate_ensemble
 
@@ -179,9 +180,14 @@ def report(
     split: Annotated[str | None, typer.Option(help="--ensemble: split to score on; default the runs' eval split.")] = None,
     cache: Annotated[Path | None, typer.Option(help="--ensemble: cache to score on; default the first run's.")] = None,
     device: Annotated[str, typer.Option(help="--ensemble: auto, cpu or cuda.")] = TrainConfig.device,
+    frontier: Annotated[bool, typer.Option(help="Also measure every run's student and the cache's teachers "
+                                                "(parameters, ONNX size, CPU ms/sample at batch 1 and 32, torch and "
+                                                "onnxruntime) and write frontier.md/.json/.png to --out.")] = False,
     config: ConfigFile = None,
 ) -> None:
     """Compare runs side by side: accuracy, macro-F1, MCC, median per-class difference to each teacher."""
+    if frontier and out is None:
+        raise ConfigError("--frontier writes frontier.md, frontier.json and frontier.png; give --out DIRECTORY.")
     scored = evaluate_ensemble(runs, split, cache, device) if ensemble else None
     comparison = compare_runs(runs, out, appendix=scored.markdown() if scored else ())
     shown = Table(*comparison.columns)
@@ -192,6 +198,22 @@ def report(
         _print_ensemble(scored)
     if comparison.written:
         stdout.print(f"wrote {' and '.join(str(path) for path in comparison.written)}")
+    if frontier:
+        _report_frontier(runs, out)
+
+
+def _report_frontier(runs: list[Path], out: Path) -> None:
+    import os
+
+    from mtkd_cache.report.frontier import frontier_markdown, write_frontier
+    from mtkd_cache.serve.speed import frontier_points
+
+    points = frontier_points(runs)
+    load = "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    written = write_frontier(out, points, f"CPU timings measured with {load} (1, 5, 15 min).")
+    for line in frontier_markdown(points):
+        stdout.print(line, soft_wrap=True)
+    stdout.print(f"{load}; wrote {', '.join(str(p) for p in written)}")
 
 
 def _print_ensemble(result: EnsembleReport) -> None:
