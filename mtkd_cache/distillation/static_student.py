@@ -2,8 +2,10 @@
 to end here (table and head) with this project's loss on the cached teacher targets.
 
 `--student static:SOURCE[,dims=256,hidden=256,dropout=0.1]`: model2vec distils SOURCE (a local
-save_pretrained directory; nothing is downloaded) into one vector per token, PCA-reduced to `dims`. The
-student mean-pools the vectors of a row's tokens and classifies with a one-hidden-layer head.
+save_pretrained directory; nothing is downloaded) into one vector per token, PCA-reduced to `dims`; a
+SOURCE that already is a model2vec table (its config.json says model_type "model2vec", e.g. one written
+by `save_table`) is loaded as it is, so runs sharing one table distil it once. The student mean-pools the
+vectors of a row's tokens and classifies with a one-hidden-layer head.
 
 Saved files: model2vec's own (model.safetensors, config.json, tokenizer.json: `StaticModel.from_pretrained`
 loads the trained table) plus the head (static_head.safetensors, static_head.json). The tokenizer is
@@ -25,6 +27,7 @@ from mtkd_cache.errors import ConfigError
 
 STATIC_CONFIG = "static_head.json"
 STATIC_HEAD_WEIGHTS = "static_head.safetensors"
+DEFAULT_DIMS = 256
 INSTALL_HINT = "install model2vec, skeletoken and scikit-learn (pip install model2vec skeletoken scikit-learn)"
 
 
@@ -134,13 +137,34 @@ def distil_table(spec: str, directory: Path, dims: int):
         np.random.set_state(state)
 
 
-def build_static_student(spec: str, source: str, label_names: tuple[str, ...], dims: int = 256, hidden: int = 256,
+def is_model2vec_table(directory: Path) -> bool:
+    try:
+        return json.loads((directory / "config.json").read_text()).get("model_type") == "model2vec"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def save_table(source: Path, dims: int, out: Path) -> Path:
+    """Distil `source` once into a model2vec table at `out` (written by model2vec), for `static:OUT` runs."""
+    distil_table(f"static:{source},dims={dims}", source, dims).save_pretrained(out)
+    return out
+
+
+def build_static_student(spec: str, source: str, label_names: tuple[str, ...], dims: int | None = None, hidden: int = 256,
                          dropout: float = 0.1):
     """(model, tokenizer) of `--student static:SOURCE[,dims=...]`, the table as model2vec distilled it."""
     from mtkd_cache.distillation.student_init import source_directory
 
     directory = source_directory(spec, source)
-    table = distil_table(spec, directory, dims)
+    if is_model2vec_table(directory):
+        from model2vec import StaticModel
+
+        table = StaticModel.from_pretrained(directory, normalize=False)
+        if dims is not None and dims != table.dim:
+            raise ConfigError(f"--student {spec}: {source} is a model2vec table of {table.dim} dimensions; dims "
+                              "applies when distilling an encoder, so drop it.")
+    else:
+        table = distil_table(spec, directory, dims or DEFAULT_DIMS)
     vectors = _effective_table(table)
     config = StaticConfig(vocab_size=vectors.shape[0], dims=vectors.shape[1], num_labels=len(label_names),
                           label_names=tuple(label_names), hidden=hidden, dropout=dropout, source=str(directory))

@@ -14,7 +14,7 @@ from helpers.assets import LABELS
 from helpers.cli import assert_user_error
 from helpers.reference import build_teacherless_cache
 from mtkd_cache import ConfigError
-from mtkd_cache.distillation.static_student import StaticClassifier
+from mtkd_cache.distillation.static_student import StaticClassifier, save_table
 from mtkd_cache.distillation.students import build_student, load_saved_student
 from mtkd_cache.layout import STUDENT_DIR
 from mtkd_cache.serve.predict import class_probabilities, load_classifiers
@@ -91,3 +91,15 @@ def test_static_refusals(assets, run, tmp_path):
                                  "--out", str(tmp_path / "refused"), "--device", "cpu"])
     assert_user_error(result, "is not a save_pretrained directory")
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_saved_table_is_loaded_as_it_is(assets, tmp_path):
+    table = save_table(assets["bert"], 8, tmp_path / "table")
+    loaded, tokenizer, kind = build_student(f"static:{table},hidden=16", LABELS, None)
+    distilled, _, _ = build_student(_spec(assets), LABELS, None)
+    assert kind == "static" and loaded.config.dims == 8
+    torch.testing.assert_close(loaded.embedding.weight, distilled.embedding.weight)
+    assert tokenizer("the vote")["input_ids"] == StaticModel.from_pretrained(table).tokenizer.encode(
+        "the vote", add_special_tokens=False).ids
+    with pytest.raises(ConfigError, match="is a model2vec table of 8 dimensions"):
+        build_student(f"static:{table},dims=4", LABELS, None)
