@@ -33,6 +33,7 @@ from mtkd_cache.distillation.students import (
     check_max_length,
     count_parameters,
     load_saved_student,
+    student_source_digest,
     student_source_record,
 )
 from mtkd_cache.distillation.training import Distillation, SplitTensors, TrainResult, predict_logits, train
@@ -83,7 +84,8 @@ def distill_identity(config: DistillConfig, cache: Cache) -> RunIdentity:
                     selection_split=resolve_splits(config, cache.split_names))
     manifest = cache.manifest
     return RunIdentity(resolved, {"cache_fingerprint": manifest.dataset.fingerprint,
-                                  "teacher_weights": [manifest.teachers[t].weights_sha256 for t in teachers]})
+                                  "teacher_weights": [manifest.teachers[t].weights_sha256 for t in teachers],
+                                  **student_source_digest(config.student)})
 
 
 def _require_labels(prepared: PreparedCache, option: str, split: str) -> None:
@@ -242,7 +244,8 @@ def finetune(config: FinetuneConfig, events: ProgressEvents | None = None) -> Ru
     context = distributed.current()
     events = (events if context.is_main else None) or SilentEvents()
     run = Run(config.out, RunIdentity({**config_payload(config), "selection_split": selection_split},
-                                      {"dataset_fingerprint": task.fingerprint}), context)
+                                      {"dataset_fingerprint": task.fingerprint,
+                                       **student_source_digest(config.student)}), context)
     resume = run.checkpoint()
     _note_resume(events, run, resume)
     torch.manual_seed(config.train.seed)

@@ -146,6 +146,12 @@ def student_source_record(spec: str) -> dict:
     return {"student_source": str(source), "student_source_sha256": source_sha256(source_directory(spec, str(source)))}
 
 
+def student_source_digest(spec: str) -> dict:
+    """The part of a run's identity that a from:/static: student's source contributes: its content, so a
+    re-run after the source changed is a new run, not a resume of the old one (empty for other students)."""
+    return {key: value for key, value in student_source_record(spec).items() if key.endswith("sha256")}
+
+
 def check_max_length(model, max_length: int) -> None:
     """Refuse --max-length above the student's position limit: longer rows would index past its position
     embeddings (an IndexError deep inside the first forward pass). A BiLSTM has no such limit."""

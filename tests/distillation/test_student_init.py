@@ -105,3 +105,15 @@ def test_distill_records_the_sources_sha256_and_refusals_exit_2(assets, sources,
         assert_user_error(result, fragment)
         assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
         assert not refused.exists()
+
+
+def test_a_changed_source_is_another_run(assets, tmp_path):
+    import shutil
+
+    cache = build_teacherless_cache(assets, tmp_path)
+    source = shutil.copytree(assets["bert"], tmp_path / "source")
+    args = ["distill", str(cache), "--student", f"from:{source},layers=1", "--out", str(tmp_path / "run"),
+            "--epochs", "1", "--device", "cpu"]
+    assert runner.invoke(app, args).exit_code == 0
+    make_teacher(source, "bert", seed=11)  # new weights under the same path
+    assert_user_error(runner.invoke(app, args), "holds a run with another configuration")
