@@ -16,6 +16,7 @@ from mtkd_cache.distillation.configs import DistillConfig, FinetuneConfig, Trans
 from mtkd_cache.distillation.experts import expert_table_for, parse_teacher_subset
 from mtkd_cache.distillation.strategy_config import StrategyConfig
 from mtkd_cache.distillation.train_config import TrainConfig
+from mtkd_cache.errors import ConfigError
 
 # torch-free above this line (`experts` must start without it, tests/cli/test_startup.py); the training,
 # selection and ensemble stages are imported inside the commands that run them.
@@ -219,10 +220,15 @@ def report(
     cache: Annotated[str | None, typer.Option(help="--ensemble: cache (directory or URL) to score on; default the "
                                                    "first run's.")] = None,
     device: Annotated[str, typer.Option(help="--ensemble: auto, cpu or cuda.")] = TrainConfig.device,
+    frontier: Annotated[bool, typer.Option(help="Also measure every run's student and the cache's teachers "
+                                                "(parameters, ONNX size, CPU ms/sample at batch 1 and 32, torch and "
+                                                "onnxruntime) and write frontier.md/.json/.png to --out.")] = False,
     threads: Threads = None,
     config: ConfigFile = None,
 ) -> None:
     """Compare runs side by side: accuracy, macro-F1, MCC, median per-class difference to each teacher."""
+    if frontier and out is None:
+        raise ConfigError("--frontier writes frontier.md, frontier.json and frontier.png; give --out DIRECTORY.")
     from mtkd_cache.report.comparison import compare_runs
     from mtkd_cache.serve.ensemble import evaluate_ensemble
 
@@ -236,6 +242,22 @@ def report(
         _print_ensemble(scored)
     if comparison.written:
         stdout.print(f"wrote {' and '.join(str(path) for path in comparison.written)}")
+    if frontier:
+        _report_frontier(runs, out)
+
+
+def _report_frontier(runs: list[Path], out: Path) -> None:
+    import os
+
+    from mtkd_cache.report.frontier import frontier_markdown, write_frontier
+    from mtkd_cache.serve.speed import frontier_points
+
+    points = frontier_points(runs)
+    load = "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    written = write_frontier(out, points, f"CPU timings measured with {load} (1, 5, 15 min).")
+    for line in frontier_markdown(points):
+        stdout.print(line, soft_wrap=True)
+    stdout.print(f"{load}; wrote {', '.join(str(p) for p in written)}")
 
 
 def _print_ensemble(result: EnsembleReport) -> None:

@@ -104,3 +104,6 @@ ROBUSTNESS = "robustness.parquet"
 ROBUSTNESS_PLOT = "robustness.png"
 COMPARISON_MD = "comparison.md"  # `report --out`
 COMPARISON_PLOT = "comparison.png"
+FRONTIER_MD = "frontier.md"  # `report --frontier --out`: size, speed and accuracy of every model
+FRONTIER_JSON = "frontier.json"
+FRONTIER_PLOT = "frontier.png"

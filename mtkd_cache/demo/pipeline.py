@@ -10,6 +10,10 @@
    `test` and reporting on `test` would leak test labels).
 4. Distil a small BERT student (2 layers, 128 wide, MiniLM's vocabulary) from the cache with `expert`,
    `average`, `random` and `best`, and fine-tune the same student with no teacher as the floor.
+   Then two more student kinds, each with `expert` and its own no-teacher floor (fewer strategies, to keep
+   the first run within minutes): `from-head6`, two layers (0 and 3) of the `head6` teacher with a fresh
+   head, and `static`, a model2vec table distilled once from the fine-tuned `head3` teacher (256 dims; three
+   layers encode MiniLM's 30k-token vocabulary in half the time six would) with a small head.
 5. Compare every teacher and student in the thesis' style: per-class accuracy, the median of per-class
    differences of each student against each teacher, accuracy / macro-F1, parameters and ms per sample.
 Everything is reused on a second run: data, teachers, cache shards and finished runs.
@@ -31,6 +35,7 @@ from mtkd_cache.devices import resolve_device
 from mtkd_cache.distillation.configs import DistillConfig, FinetuneConfig
 from mtkd_cache.distillation.experts import ExpertTable
 from mtkd_cache.distillation.runs import distill, expert_table_for, finetune
+from mtkd_cache.distillation.static_student import save_table
 from mtkd_cache.distillation.strategies import StrategyConfig
 from mtkd_cache.distillation.students import count_parameters, load_saved_student, quiet_transformers
 from mtkd_cache.distillation.training import TrainConfig, predict_logits
@@ -47,6 +52,9 @@ LABELS = ("business", "entertainment", "politics", "sports", "tech")
 MAX_LENGTH = 64  # news articles are long: 64 tokens keep a 2-core CPU run within minutes
 STUDENT = "bert:layers=2,hidden=128,heads=2,intermediate=512"
 STRATEGIES = ("expert", "average", "random", "best")
+FAMILY_STRATEGY = "expert"  # the strategy the teacher-initialised and static students are distilled with
+TEACHER_INIT_LAYERS = "0,3"
+STATIC_DIMS = 256
 
 
 @dataclass(frozen=True)
@@ -61,12 +69,16 @@ TEACHERS = (DemoTeacher("head6", 6, "right", 0), DemoTeacher("tail4", 4, "left",
             DemoTeacher("head3", 3, "right", 2))
 TEACHER_TRAINING = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-4, max_length=MAX_LENGTH)
 STUDENT_TRAINING = TrainConfig(epochs=4, batch_size=16, learning_rate=1e-3, max_length=MAX_LENGTH)
+# A student that starts from a fine-tuned teacher's layers needs a teacher's learning rate and fewer epochs;
+# a static table and its head train in seconds, so they get more epochs and a larger step.
+TEACHER_INIT_TRAINING = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-4, max_length=MAX_LENGTH)
+STATIC_TRAINING = TrainConfig(epochs=8, batch_size=32, learning_rate=5e-3, max_length=MAX_LENGTH)
 
 
 @dataclass
 class ModelRow:
     name: str
-    role: str  # "teacher" or "student"
+    role: str  # "teacher", "student" or "floor" (a student trained with no teacher)
     per_class: list[float | None]
     accuracy: float
     macro_f1: float
@@ -82,6 +94,7 @@ class DemoReport:
     models: list[ModelRow] = field(default_factory=list)
     median_diff: dict[str, dict[str, float | None]] = field(default_factory=dict)  # student -> teacher -> diff
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    floors: dict[str, str] = field(default_factory=dict)  # distilled student -> the no-teacher floor of its kind
 
 
 def encoder_path() -> Path:
@@ -170,7 +183,25 @@ def run_demo(out: Path, events: ProgressEvents | None = None, per_class: int | N
     runs["no teacher"] = finetune(FinetuneConfig(
         dataset=dataset, student=STUDENT, tokenizer=str(encoder_path()), out=out / f"runs{suffix}" / "no-teacher",
         train=_with(STUDENT_TRAINING, device=device)), events).report
+    report.floors = {strategy: "no teacher" for strategy in STRATEGIES}
     stage("distill students")
+
+    table = out / f"static-table{suffix}"
+    if not (table / "config.json").exists():
+        replace_directory(table, lambda into: save_table(teacher_dirs["head3"], STATIC_DIMS, into))
+    stage("distil static table")
+    families = {"from-head6": (f"from:{teacher_dirs['head6']},layers={TEACHER_INIT_LAYERS}", TEACHER_INIT_TRAINING),
+                "static": (f"static:{table}", STATIC_TRAINING)}
+    for family, (spec, training) in families.items():
+        name, floor = f"{family} {FAMILY_STRATEGY}", f"{family} no teacher"
+        runs[name] = distill(DistillConfig(
+            cache=report.cache_dir, student=spec, out=out / f"runs{suffix}" / f"{family}-{FAMILY_STRATEGY}",
+            strategy=StrategyConfig(FAMILY_STRATEGY), alpha=0.5, temperature=2.0, expert_split="validation",
+            train=_with(training, device=device)), events).report
+        runs[floor] = finetune(FinetuneConfig(dataset=dataset, student=spec, out=out / f"runs{suffix}" / f"{family}-no-teacher",
+                                              train=_with(training, device=device)), events).report
+        report.floors[name] = floor
+        stage(f"students: {family}")
 
     _compare(report, cache, teacher_dirs, runs, device)
     write_demo_report(report)
@@ -192,10 +223,11 @@ def _compare(report: DemoReport, cache, teacher_dirs: dict[str, Path], runs: dic
         parameters, latency = _latency_and_size(teacher_dirs[name], inputs.texts, device)
         report.models.append(ModelRow(name, "teacher", metrics.per_class_accuracy, metrics.accuracy, metrics.macro_f1,
                                       parameters, latency))
+    floors = set(report.floors.values())
     for name, run in runs.items():
         per_class = [run.per_class_accuracy["student"][label] for label in LABELS]
-        report.models.append(ModelRow(name, "student", per_class, run.accuracy, run.macro_f1, run.parameters,
-                                      run.ms_per_sample))
+        report.models.append(ModelRow(name, "floor" if name in floors else "student", per_class, run.accuracy,
+                                      run.macro_f1, run.parameters, run.ms_per_sample))
         report.median_diff[name] = {t.name: median_difference(per_class, t.per_class)
                                     for t in report.models if t.role == "teacher"}
 
@@ -213,6 +245,12 @@ def write_demo_report(report: DemoReport) -> None:
               "| student | " + " | ".join(teachers) + " |", "|---" * (len(teachers) + 1) + "|"]
     lines += [f"| {s} | " + " | ".join("–" if d[t] is None else f"{d[t]:+.4f}" for t in teachers) + " |"
               for s, d in report.median_diff.items()]
+    accuracy = {m.name: m.accuracy for m in report.models}
+    lines += ["", "Each distilled student against the no-teacher floor of its own kind (accuracy points):", "",
+              "| student | accuracy | floor | floor accuracy | Δ |", "|---|---|---|---|---|"]
+    lines += [f"| {s} | {accuracy[s]:.4f} | {f} | {accuracy[f]:.4f} | {100 * (accuracy[s] - accuracy[f]):+.2f} |"
+              for s, f in report.floors.items()]
+    lines += ["", "Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in report.stage_seconds.items()) + "."]
     if report.experts is not None:
         experts = report.experts.to_json()["experts"]
         lines += ["", "Expert table (validation): " + ", ".join(f"{c} → {t}" for c, t in experts.items())
@@ -220,7 +258,8 @@ def write_demo_report(report: DemoReport) -> None:
     write_atomically(report.out / "report.md", "\n".join(lines) + "\n", durable=False)
     write_atomically(report.out / "report.json", json.dumps({
         "models": [vars(m) for m in report.models], "median_diff": report.median_diff,
-        "experts": report.experts.to_json() if report.experts else None, "stage_seconds": report.stage_seconds},
+        "experts": report.experts.to_json() if report.experts else None, "stage_seconds": report.stage_seconds,
+        "floors": report.floors},
         indent=1), durable=False)
     _plot(report.out / "report.png", report.models)
 

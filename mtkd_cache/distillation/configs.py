@@ -52,7 +52,8 @@ class DistillConfig:
                                                 "what the run reads is fetched once into the local store). The only "
                                                 "input: no teacher is loaded."})
     student: str = field(metadata={"help": "A checkpoint directory or hub id, bert[:layers=4,hidden=256,heads=4], "
-                                           "bilstm[:embed=128,hidden=256], or a config .json."})
+                                           "bilstm[:embed=128,hidden=256], a config .json, from:TEACHER_DIR[,layers=0,2,4] "
+                                           "(teacher-initialised) or static:ENCODER_DIR[,dims=256] (model2vec)."})
     out: Path = field(metadata={"help": "Run directory (resumed if it holds the same run)."})
     strategy: StrategyConfig = StrategyConfig()
     alpha: float = field(default=0.5, metadata={"help": "Weight of the cross-entropy term; 1 - alpha weighs the KD term."})

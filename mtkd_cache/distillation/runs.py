@@ -29,7 +29,14 @@ from mtkd_cache.distillation.experts import expert_table_for, parse_teacher_subs
 from mtkd_cache.distillation.run import Run, RunIdentity, StageEvents, config_payload, epoch_json
 from mtkd_cache.distillation.session import PreparedCache
 from mtkd_cache.distillation.strategies import NEEDS_EXPERTS, STOCHASTIC, StrategyConfig, TeacherSignal, who_taught
-from mtkd_cache.distillation.students import build_student, check_max_length, count_parameters, load_saved_student
+from mtkd_cache.distillation.students import (
+    build_student,
+    check_max_length,
+    count_parameters,
+    load_saved_student,
+    student_source_digest,
+    student_source_record,
+)
 from mtkd_cache.distillation.training import Distillation, SplitTensors, TrainResult, predict_logits, train
 from mtkd_cache.distributed import DistributedContext
 from mtkd_cache.errors import ConfigError
@@ -80,7 +87,8 @@ def distill_identity(config: DistillConfig, cache: Cache) -> RunIdentity:
                     selection_split=resolve_splits(config, cache.split_names), **strategy_options(config.strategy))
     manifest = cache.manifest
     return RunIdentity(resolved, {"cache_fingerprint": manifest.dataset.fingerprint,
-                                  "teacher_weights": [manifest.teachers[t].weights_sha256 for t in teachers]})
+                                  "teacher_weights": [manifest.teachers[t].weights_sha256 for t in teachers],
+                                  **student_source_digest(config.student)})
 
 
 def strategy_options(strategy: StrategyConfig) -> dict:
@@ -147,7 +155,7 @@ def distill(config: DistillConfig, events: ProgressEvents | None = None, *, prep
     model, tokenizer, kind = build_student(config.student, cache.label_names, config.tokenizer)
     check_max_length(model, config.train.max_length)
     with run.removed_if_refused():  # a fresh --out refused while setting up is not left half-written
-        run.start(student_kind=kind, **source)
+        run.start(student_kind=kind, **source, **student_source_record(config.student))
         split_tensors = {split: SplitTensors(prepared.tokens(tokenizer, config.train.max_length, split),
                                              prepared.inputs(split).labels)
                          for split in dict.fromkeys((config.train_split, selection_split, config.eval_split))}
@@ -268,14 +276,15 @@ def finetune(config: FinetuneConfig, events: ProgressEvents | None = None) -> Ru
         events.note(note)
     resolve_device(config.train.device)  # a missing GPU is refused before the run directory exists
     run = Run(config.out, RunIdentity({**config_payload(config), "selection_split": selection_split},
-                                      {"dataset_fingerprint": task.fingerprint}), context)
+                                      {"dataset_fingerprint": task.fingerprint,
+                                       **student_source_digest(config.student)}), context)
     resume = run.checkpoint()
     _note_resume(events, run, resume)
     torch.manual_seed(config.train.seed)
     model, tokenizer, kind = build_student(config.student, task.label_names, config.tokenizer)
     check_max_length(model, config.train.max_length)
     with run.removed_if_refused():
-        run.start(student_kind=kind)
+        run.start(student_kind=kind, **student_source_record(config.student))
         tensors = {name: SplitTensors(tokenize_rows(tokenizer, s.texts, s.text_pairs, config.train.max_length), s.labels)
                    for name, s in task.splits.items() if name in (config.train_split, selection_split, config.eval_split)}
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -7,7 +7,10 @@ attention_mask=...).logits` of shape [B, K], so one training loop serves them al
     config.json                          a randomly initialized model from a transformers config file
     bert[:layers=4,hidden=256,heads=4]   a randomly initialized BERT of that size (intermediate = 4 x hidden)
     bilstm[:embed=128,hidden=256]        a BiLSTM classifier
-The last three need `--tokenizer` (a directory or hub id): their vocabulary comes from it.
+    from:SOURCE[,layers=0,2,4]           SOURCE's embeddings and chosen layers, a new head (student_init.py)
+    static:SOURCE[,dims=256,hidden=256]  a model2vec table distilled from SOURCE and a head (static_student.py)
+`config.json`, `bert:` and `bilstm:` need `--tokenizer` (a directory or hub id): their vocabulary comes from
+it; `from:` and `static:` keep their source's tokenizer.
 """
 
 from __future__ import annotations
@@ -76,13 +79,26 @@ class BiLSTMClassifier(nn.Module):
         return model
 
 
-def _options(spec: str, allowed: dict[str, type]) -> dict:
+class IndexList(tuple):
+    """The type of a list-valued option, e.g. layers=0,2,4 (the items after the first carry no key)."""
+
+
+def _options(spec: str, allowed: dict[str, type], items: list[str] | None = None) -> dict:
     kind, _, body = spec.partition(":")
-    options = {}
-    for item in filter(None, body.split(",")):
+    options, previous = {}, None
+    for item in filter(None, body.split(",") if items is None else items):
         key, sep, value = item.partition("=")
-        if not sep or key not in allowed:
+        if not sep and allowed.get(previous) is IndexList:  # layers=0,2,4: the list goes on
+            key, value = previous, item
+        elif not sep or key not in allowed:
             raise ConfigError(f"--student {spec}: unknown option '{item}'; {kind} takes {', '.join(allowed)}.")
+        previous = key
+        if allowed[key] is IndexList:
+            try:
+                options[key] = options.get(key, ()) + (int(value),)
+            except ValueError:
+                raise ConfigError(f"--student {spec}: {key} must be integers, not '{value}'.") from None
+            continue
         try:
             options[key] = allowed[key](value)
         except ValueError:
@@ -94,6 +110,46 @@ def _options(spec: str, allowed: dict[str, type]) -> dict:
         if allowed[key] is float and not 0 <= options[key] < 1:
             raise ConfigError(f"--student {spec}: {key} must be in [0, 1), not {options[key]}.")
     return options
+
+
+FROM_TEACHER, STATIC = "from", "static"
+FROM_OPTIONS = {"layers": IndexList}
+STATIC_OPTIONS = {"dims": int, "hidden": int, "dropout": float}
+
+
+def _source_and_options(spec: str, allowed: dict[str, type]) -> tuple[str, dict]:
+    """`kind:SOURCE[,key=value...]`: the source directory first, then the options."""
+    kind, _, body = spec.partition(":")
+    source, *items = body.split(",")
+    if not source or "=" in source:
+        raise ConfigError(f"--student {spec}: name the source first, e.g. {kind}:path/to/teacher"
+                          f"{',layers=0,2' if kind == FROM_TEACHER else ',dims=256'}.")
+    return source, _options(spec, allowed, items)
+
+
+def student_source(spec: str) -> Path | None:
+    """The directory a from:/static: student is built from; None for every other form."""
+    kind = spec.partition(":")[0]
+    if Path(spec).exists() or kind not in (FROM_TEACHER, STATIC):
+        return None
+    return Path(_source_and_options(spec, FROM_OPTIONS if kind == FROM_TEACHER else STATIC_OPTIONS)[0])
+
+
+def student_source_record(spec: str) -> dict:
+    """What config.json records about the source of a from:/static: student: its path and its sha256 (the
+    digest a cache's manifest gives a teacher in that directory); nothing for other students."""
+    from mtkd_cache.distillation.student_init import source_directory, source_sha256
+
+    source = student_source(spec)
+    if source is None:
+        return {}
+    return {"student_source": str(source), "student_source_sha256": source_sha256(source_directory(spec, str(source)))}
+
+
+def student_source_digest(spec: str) -> dict:
+    """The part of a run's identity that a from:/static: student's source contributes: its content, so a
+    re-run after the source changed is a new run, not a resume of the old one (empty for other students)."""
+    return {key: value for key, value in student_source_record(spec).items() if key.endswith("sha256")}
 
 
 def check_max_length(model, max_length: int) -> None:
@@ -122,7 +178,7 @@ def load_tokenizer(source: str):
 
 
 def build_student(spec: str, label_names: tuple[str, ...], tokenizer_source: str | None):
-    """Return (model, tokenizer, kind) for `--student spec`; kind is 'hf' or 'bilstm'."""
+    """Return (model, tokenizer, kind) for `--student spec`; kind is 'hf', 'bilstm' or 'static'."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig
 
     labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
@@ -130,6 +186,8 @@ def build_student(spec: str, label_names: tuple[str, ...], tokenizer_source: str
     quiet_transformers()
     path = Path(spec)
     kind = spec.partition(":")[0]
+    if not path.exists() and kind in (FROM_TEACHER, STATIC):
+        return _build_from_source(spec, kind, label_names, tokenizer_source)
     if not path.exists() and kind in ("bert", "bilstm") or path.is_file():
         if not tokenizer_source:
             raise ConfigError(f"--student {spec} is built from scratch and needs --tokenizer (a directory or hub id).")
@@ -163,6 +221,20 @@ def build_student(spec: str, label_names: tuple[str, ...], tokenizer_source: str
     return model, load_tokenizer(tokenizer_source or spec), "hf"
 
 
+def _build_from_source(spec: str, kind: str, label_names: tuple[str, ...], tokenizer_source: str | None):
+    if tokenizer_source:
+        raise ConfigError(f"--student {spec} keeps its source's tokenizer; drop --tokenizer {tokenizer_source}.")
+    if kind == FROM_TEACHER:
+        from mtkd_cache.distillation.student_init import build_from_teacher
+
+        source, options = _source_and_options(spec, FROM_OPTIONS)
+        return build_from_teacher(spec, source, options.get("layers"), label_names), load_tokenizer(source), "hf"
+    from mtkd_cache.distillation.static_student import build_static_student
+
+    source, options = _source_and_options(spec, STATIC_OPTIONS)
+    return (*build_static_student(spec, source, label_names, **options), "static")
+
+
 def _reorder_head(model, spec: str, label_names: tuple[str, ...]) -> None:
     """A checkpoint whose head predicts the dataset's labels in another order gets its output rows permuted,
     so it starts from what it knows instead of scrambled classes."""
@@ -183,12 +255,16 @@ def _reorder_head(model, spec: str, label_names: tuple[str, ...]) -> None:
 
 
 def load_saved_student(directory: Path):
-    """A student saved by `distill`/`finetune`: (model, tokenizer)."""
+    """A student saved by `distill`/`finetune` (or a teacher's save_pretrained directory): (model, tokenizer)."""
     from transformers import AutoModelForSequenceClassification
+
+    from mtkd_cache.distillation.static_student import STATIC_CONFIG, StaticClassifier
 
     quiet_transformers()
     if (directory / BILSTM_CONFIG).exists():
         return BiLSTMClassifier.from_pretrained(directory), load_tokenizer(str(directory))
+    if (directory / STATIC_CONFIG).exists():
+        return StaticClassifier.from_pretrained(directory), load_tokenizer(str(directory))
     return AutoModelForSequenceClassification.from_pretrained(directory), load_tokenizer(str(directory))
 
 

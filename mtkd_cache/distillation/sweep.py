@@ -303,7 +303,9 @@ def _row(name: str, config: DistillConfig, outcome: RunResult, run_seconds: floa
     return RunRow(run=name, strategy=config.strategy.name.value, alpha=config.alpha, temperature=config.temperature,
                   seed=config.train.seed, teachers=",".join(config.teachers), num_teachers=len(config.teachers),
                   accuracy=report.accuracy, macro_f1=report.macro_f1, mcc=report.mcc, best_epoch=report.best_epoch,
-                  train_seconds=report.train_seconds, run_seconds=run_seconds, status="trained")
+                  train_seconds=report.train_seconds, run_seconds=run_seconds, status="trained",
+                  student=config.student, student_kind=report.config.get("student_kind", ""),
+                  parameters=report.parameters, ms_per_sample=report.ms_per_sample)
 
 
 def _finished_row(run_dir: Path) -> RunRow | None:

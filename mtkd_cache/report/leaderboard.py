@@ -57,6 +57,12 @@ class RunRow:
     train_seconds: float  # the training loop (epochs and per-epoch selection scoring)
     run_seconds: float  # the whole run: model set-up, training, final evaluation, report
     status: str  # "trained" in this invocation, or "skipped" (finished earlier)
+    # The student and its size and speed (rows written before these fields existed read as unknown). The
+    # full CPU frontier (ONNX size, batch 1 and 32, onnxruntime) is `report --frontier` over the sweep's runs.
+    student: str = ""
+    student_kind: str = ""
+    parameters: int = 0
+    ms_per_sample: float = float("nan")  # the run's evaluation pass, batched, on its device
 
 
 def leaderboard_frame(rows: list[RunRow], metric: str) -> pl.DataFrame:
@@ -108,9 +114,10 @@ def write_leaderboard(out: Path, rows: list[RunRow], metric: str | Metric) -> pl
     over_subsets = robustness_over_subsets(frame, metric)
     _write_parquet(over_subsets, out / ROBUSTNESS)
     scores = {"worst", "mean", "best", "std", *METRICS}
-    shown = frame.select("run", *METRICS, "best_epoch", "train_seconds", "run_seconds")
+    shown = frame.select("run", *METRICS, "best_epoch", "train_seconds", "run_seconds", "parameters", "ms_per_sample")
     lines = [f"# Sweep leaderboard (ranked by {metric})", ""]
-    lines += _markdown(shown.with_columns(pl.col("train_seconds", "run_seconds").round(1).cast(pl.Utf8)), scores)
+    lines += _markdown(shown.with_columns(pl.col("train_seconds", "run_seconds").round(1).cast(pl.Utf8),
+                                          pl.col("ms_per_sample").round(3).cast(pl.Utf8)), scores)
     lines += ["", f"## Robustness over seeds ({metric})", ""]
     lines += _markdown(robustness_over_seeds(frame, metric), scores)
     lines += ["", f"## Robustness over teacher subsets of each size ({metric}, seeds included)", ""]

@@ -21,6 +21,7 @@ import numpy as np
 from mtkd_cache.atomic import write_atomically
 
 ZERO_MARK = "D"  # the marker of a bar whose height is exactly 0
+ROLE_HATCH = {"teacher": "", "student": "//", "floor": ".."}  # a model's role, told apart in black and white too
 
 
 def new_axes(width: float, height: float):
@@ -142,12 +143,12 @@ def plot_robustness(path: Path, over_subsets, metric: str, config_columns: list[
 
 def per_class_accuracy_figure(label_names: Sequence[str], models: Sequence[tuple[str, str, Sequence[float | None]]],
                               title: str):
-    """Per class, every model's accuracy; `models` are (name, role, per-class accuracies); students hatched."""
+    """Per class, every model's accuracy; `models` are (name, role, per-class accuracies); roles hatched apart."""
     width = 0.8 / max(1, len(models))
     figure, axis = new_axes(max(9, len(label_names) * 1.6 + 3), 4.5)
     for position, (name, role, per_class) in enumerate(models):
         _bars_with_marks(axis, np.arange(len(label_names)) + position * width, per_class, width,
-                         label=f"{name} ({role})", hatch="" if role == "teacher" else "//")
+                         label=f"{name} ({role})", hatch=ROLE_HATCH.get(role, "xx"))
     axis.set_xticks(np.arange(len(label_names)) + 0.4 - width / 2, label_names)
     axis.set_ylim(*score_limits([v for _, _, values in models for v in values]))
     axis.set_xlabel("class")

@@ -25,11 +25,13 @@ import torch
 from torch import nn
 
 from mtkd_cache.atomic import temporary_path, write_atomically
+from mtkd_cache.distillation.static_student import STATIC_CONFIG, StaticClassifier
 from mtkd_cache.distillation.students import BILSTM_CONFIG, BiLSTMClassifier, load_saved_student
 from mtkd_cache.errors import ConfigError
 from mtkd_cache.layout import PACKAGE_VERSION, STUDENT_DIR
 from mtkd_cache.runners.model_files import LABEL_NAMES_KEY, import_optional
 from mtkd_cache.runners.onnx_runner import MODEL_INPUTS, open_session
+from mtkd_cache.serve.quantize import Quantization, QuantizationReport, check_quantized, evaluation_rows, quantize_graph
 
 # Rows of different lengths, so the traced graph sees padding; the repeated one is cut at max_length.
 SAMPLE_TEXTS = (
@@ -57,12 +59,28 @@ class ExportConfig:
         "help": "Comma-separated label names in class order, for a BiLSTM saved without them."})
     tolerance: float = field(default=1e-4, metadata={"help": "Largest |torch - onnxruntime| logit difference the "
                                                              "parity check accepts."})
+    quantize: Quantization | None = field(default=None, metadata={
+        "help": "int8: onnxruntime dynamic quantization; the check becomes accuracy on a labelled split."})
+    max_drop: float = field(default=0.5, metadata={"help": "With --quantize: the largest accuracy drop (points) from "
+                                                           "the fp32 graph that passes."})
+    eval_data: Path | None = field(default=None, metadata={
+        "help": "With --quantize: a labelled dataset to judge it on (default: the run's cache and eval split)."})
+    eval_split: str | None = field(default=None, metadata={
+        "help": "With --quantize: the split to judge it on (default: the run's eval split, else test)."})
+
+    def __post_init__(self):
+        if self.quantize is not None:
+            object.__setattr__(self, "quantize", Quantization.parse(self.quantize))
+        if not self.max_drop >= 0:
+            raise ConfigError(f"--max-drop must be 0 or more accuracy points, not {self.max_drop}.")
+        if self.quantize is None and (self.eval_data is not None or self.eval_split is not None):
+            raise ConfigError("--eval-data and --eval-split judge a quantized export; add --quantize int8.")
 
 
 @dataclass
 class ExportReport:
     out: Path
-    kind: str  # "hf" or "bilstm"
+    kind: str  # "hf", "bilstm" or "static"
     label_names: tuple[str, ...]
     input_names: tuple[str, ...]
     max_abs_diff: float
@@ -70,10 +88,15 @@ class ExportReport:
     tolerance: float
     bytes: int
     seconds: float
+    quantization: QuantizationReport | None = None  # --quantize: the fp32 graph's parity, the int8 one's accuracy
+
+    @property
+    def parity_ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
+        return self.parity_ok and (self.quantization is None or self.quantization.ok)
 
 
 def export_model(config: ExportConfig) -> ExportReport:
@@ -83,6 +106,8 @@ def export_model(config: ExportConfig) -> ExportReport:
         raise ConfigError(f"--out {config.out} must be a file name ending in .onnx, e.g. {config.out / 'model.onnx'}.")
     model_dir = model_directory(config.model_dir)
     check_export_target(config.out, model_dir, onnx)
+    # The rows a quantized graph is judged on are found first: a run without them is refused before any write.
+    rows = evaluation_rows(model_dir, config.eval_data, config.eval_split) if config.quantize else None
     model, tokenizer, kind, label_names = load_model_dir(model_dir, config.label_names)
     if tokenizer.padding_side == "left" and kind == "bilstm":
         raise ConfigError(f"{config.model_dir}: a BiLSTM student reads right-padded rows; its tokenizer pads left.")
@@ -101,21 +126,31 @@ def export_model(config: ExportConfig) -> ExportReport:
     # The exporter writes a file of its own choosing; it traces to a hidden scratch file, and the labelled
     # model reaches --out in one atomic write, so --out never holds a graph without its label names.
     traced = temporary_path(config.out.with_name(config.out.name + ".trace"))
+    # With --quantize the fp32 graph is a scratch file too: it is checked against torch, then quantized.
+    fp32 = temporary_path(config.out.with_name(config.out.name + ".fp32")) if config.quantize else config.out
+    int8 = temporary_path(config.out.with_name(config.out.name + ".int8"))
     try:
         _trace(module.eval(), checks[0][0], input_names, traced, config)
         proto = onnx.load(str(traced), load_external_data=False)
         for key, value in ((LABEL_NAMES_KEY, json.dumps(list(label_names))), ("exported_by", f"mtkd-cache {PACKAGE_VERSION}"),
-                           ("student_kind", kind)):
+                           ("student_kind", kind)) + ((("quantization", config.quantize.value),) if config.quantize else ()):
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
-        write_atomically(config.out, proto.SerializeToString())
+        write_atomically(fp32, proto.SerializeToString())
+        max_diff, parity_rows = _parity(fp32, input_names, checks)
+        quantization = None
+        if config.quantize:
+            quantize_graph(fp32, int8)
+            write_atomically(config.out, int8.read_bytes())
+            quantization = check_quantized(fp32, config.out, tokenizer, input_names, label_names, rows,
+                                           config.max_length, config.max_drop)
     finally:
-        traced.unlink(missing_ok=True)
+        for scratch in (traced, int8, *((fp32,) if config.quantize else ())):
+            scratch.unlink(missing_ok=True)
     tokenizer.save_pretrained(config.out.parent)
-    max_diff, rows = _parity(config.out, input_names, checks)
     return ExportReport(out=config.out, kind=kind, label_names=label_names, input_names=input_names,
-                        max_abs_diff=max_diff, parity_rows=rows, tolerance=config.tolerance,
-                        bytes=config.out.stat().st_size, seconds=time.perf_counter() - started)
+                        max_abs_diff=max_diff, parity_rows=parity_rows, tolerance=config.tolerance,
+                        bytes=config.out.stat().st_size, seconds=time.perf_counter() - started, quantization=quantization)
 
 
 def check_export_target(out: Path, model_dir: Path, onnx) -> None:
@@ -130,7 +165,7 @@ def check_export_target(out: Path, model_dir: Path, onnx) -> None:
         if not props.get("exported_by", "").startswith("mtkd-cache"):
             raise ConfigError(f"--out {out} exists and is not an ONNX export of mtkd-cache; choose another file name.")
     parent = out.parent
-    holds_model = any((parent / name).exists() for name in ("config.json", BILSTM_CONFIG))
+    holds_model = any((parent / name).exists() for name in ("config.json", BILSTM_CONFIG, STATIC_CONFIG))
     if holds_model and parent.resolve() != model_dir.resolve():
         raise ConfigError(f"--out {out}: {parent} holds another model, whose tokenizer files the export would "
                           "replace; give the export a directory of its own.")
@@ -150,13 +185,13 @@ def model_directory(directory: Path) -> Path:
 
 
 def load_model_dir(directory: Path, label_names: tuple[str, ...] | None = None):
-    """(model in eval mode, tokenizer, kind "hf" or "bilstm", label names) of a saved teacher or student;
-    a run directory means its student/."""
+    """(model in eval mode, tokenizer, kind "hf", "bilstm" or "static", label names) of a saved teacher or
+    student; a run directory means its student/."""
     directory = model_directory(directory)
     if not directory.is_dir():
         problem = "is not a directory" if directory.exists() else "does not exist"
         raise ConfigError(f"{directory} {problem}; pass a save_pretrained directory or a run's student/ directory.")
-    if not (directory / "config.json").exists() and not (directory / BILSTM_CONFIG).exists():
+    if not any((directory / name).exists() for name in ("config.json", BILSTM_CONFIG, STATIC_CONFIG)):
         raise ConfigError(f"{directory} holds no model (no config.json or {BILSTM_CONFIG}); pass a save_pretrained "
                           "directory or a run's student/ directory.")
     try:
@@ -164,7 +199,7 @@ def load_model_dir(directory: Path, label_names: tuple[str, ...] | None = None):
     except (OSError, ValueError, KeyError) as error:
         raise ConfigError(f"cannot load the model in {directory}: {str(error).splitlines()[0]}") from error
     model.eval()
-    kind = "bilstm" if isinstance(model, BiLSTMClassifier) else "hf"
+    kind = "bilstm" if isinstance(model, BiLSTMClassifier) else "static" if isinstance(model, StaticClassifier) else "hf"
     return model, tokenizer, kind, model_label_names(model, directory, label_names)
 
 
@@ -175,6 +210,8 @@ def model_label_names(model, directory: Path, given: tuple[str, ...] | None) -> 
         if len(given) != count:
             raise ConfigError(f"--label-names gives {len(given)} names but {directory} predicts {count} classes.")
         return tuple(given)
+    if isinstance(model, StaticClassifier):
+        return tuple(model.config.label_names)
     if isinstance(model, BiLSTMClassifier):
         if model.config.label_names:
             return tuple(model.config.label_names)
@@ -185,7 +222,7 @@ def model_label_names(model, directory: Path, given: tuple[str, ...] | None) -> 
 
 
 def model_input_names(model, tokenizer, kind: str) -> tuple[str, ...]:
-    if kind == "bilstm":
+    if kind in ("bilstm", "static"):
         return ("input_ids", "attention_mask")
     import inspect
 

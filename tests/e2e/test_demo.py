@@ -33,8 +33,13 @@ def test_demo_runs_end_to_end_then_reuses_everything(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     names = [(m["name"], m["role"]) for m in report["models"]]
     assert names == [("head6", "teacher"), ("head3", "teacher"), ("tail4", "teacher"), ("expert", "student"),
-                     ("average", "student"), ("random", "student"), ("best", "student"), ("no teacher", "student")]
-    students = [m for m in report["models"] if m["role"] == "student"]
+                     ("average", "student"), ("random", "student"), ("best", "student"), ("no teacher", "floor"),
+                     ("from-head6 expert", "student"), ("from-head6 no teacher", "floor"),
+                     ("static expert", "student"), ("static no teacher", "floor")]
+    assert report["floors"] == {"expert": "no teacher", "average": "no teacher", "random": "no teacher",
+                                "best": "no teacher", "from-head6 expert": "from-head6 no teacher",
+                                "static expert": "static no teacher"}
+    students = [m for m in report["models"] if m["role"] in ("student", "floor")]
     teachers = [m for m in report["models"] if m["role"] == "teacher"]
     assert max(s["parameters"] for s in students) < min(t["parameters"] for t in teachers)
     assert set(report["median_diff"]) == {s["name"] for s in students}
