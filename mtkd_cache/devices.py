@@ -40,6 +40,8 @@ def set_threads(threads: int | None, flag: str = "--threads") -> None:
         return
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"{flag} must be a whole number of at least 1, not {threads!r}.")
+    import torch
+
     torch.set_num_threads(threads)
 
 

@@ -91,6 +91,8 @@ def resolve_runtime(runner: RunnerConfig) -> tuple[torch.device, torch.dtype | N
     """The teachers' device, and the torch dtype (None for onnx: an ONNX file runs in the precision it holds;
     None for openai: the server decides)."""
     if runner.backend is Backend.OPENAI:
+        import torch
+
         return torch.device("cpu"), None
     if runner.backend in (Backend.TORCH, Backend.CAUSAL_LM):
         device = resolve_device(runner.device)

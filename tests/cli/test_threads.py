@@ -10,7 +10,9 @@ from helpers.cli import assert_user_error
 from mtkd_cache.devices import set_threads
 from mtkd_cache.errors import ConfigError
 from mtkd_cache_cli.app import app
+from mtkd_cache_cli.common import load_commands
 
+load_commands()  # the command modules load lazily (tests/cli/test_startup.py); this test reads every command
 runner = CliRunner()
 COMPUTE_COMMANDS = ("build", "demo", "augment", "select", "distill", "finetune", "report", "export", "predict", "sweep")
 
