@@ -26,14 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 
 from mtkd_cache._faults import fault_point
 from mtkd_cache.data.batching import TokenizedRows, pad_rows, token_budget_batches
 from mtkd_cache.errors import ConfigError, TeacherError
 from mtkd_cache.hashing import sha256_files
 from mtkd_cache.progress import ProgressEvents
-from mtkd_cache.runners.model_files import TOKENIZER_FILES, weight_files
 from mtkd_cache.runners.prompts import (
     CONTENT_FREE_TEXT,
     PAIR_SLOT,
@@ -43,8 +41,8 @@ from mtkd_cache.runners.prompts import (
     continuation_ids,
     load_prompt,
 )
-from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, local_files, read_model_config
-from mtkd_cache.runners.torch_runner import _load_model, _load_problem, check_position_limit
+from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, checkpoint_files, local_files
+from mtkd_cache.runners.torch_runner import _load_problem, load_teacher_model
 
 _TOKENIZE_CHUNK = 1024
 NO_PREFIX = -1  # a row that does not start with its shot set's prefix tokens runs whole
@@ -84,16 +82,7 @@ def resolve_causal_lm(spec: TeacherSpec, task, prompt_config: PromptConfig, dire
     if spec.label_map:
         raise ConfigError(f"teacher '{spec.name}': a causal-LM teacher is scored on the dataset's labels through "
                           "--verbalizers; drop its --label-map.")
-    config_path = directory / "config.json"
-    if not config_path.exists():
-        raise TeacherError(f"teacher '{spec.name}': {directory} has no config.json; is it a save_pretrained directory?")
-    read_model_config(config_path, spec.name)
-    weights = weight_files(directory)
-    if not weights:
-        raise TeacherError(f"teacher '{spec.name}': {directory} has no weights (*.safetensors or *.bin).")
-    tokenizer_files = [f for f in TOKENIZER_FILES if (directory / f).exists()]
-    if not tokenizer_files:
-        raise TeacherError(f"teacher '{spec.name}': {directory} has no tokenizer files; save the tokenizer beside the model.")
+    _, weights, tokenizer_files = checkpoint_files(spec.name, directory)
     tokenizer = load_tokenizer(spec.name, directory)
     has_pairs = any(split.text_pairs is not None for split in task.splits.values())
     prompt = load_prompt(prompt_config, task.label_names, task.splits, has_pairs, "causal-lm", tokenizer)
@@ -156,13 +145,7 @@ class CausalLMTeacher:
         self.prompt: Prompt = resolved.prompt
         self.max_length = max_length
         self.tokenizer = load_tokenizer(self.name, resolved.directory)
-        try:
-            self.model = _load_model(AutoModelForCausalLM, resolved.directory, dtype)
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
-            raise TeacherError(f"teacher '{self.name}': cannot load {resolved.directory} "
-                               f"({_load_problem(error)}); re-save the model with save_pretrained.") from error
-        check_position_limit(self.name, self.model, max_length)
-        self.model.to(device).eval()
+        self.model = load_teacher_model(self.name, AutoModelForCausalLM, resolved.directory, dtype, device, max_length)
         self.attn_implementation = getattr(self.model.config, "_attn_implementation", None) or "eager"
         self.providers: list[str] = []
         self.pad_left = True  # the last position is the last column, for every row

@@ -83,22 +83,29 @@ class ResolvedTeacher:
     endpoint: object | None = None  # openai_runner.Endpoint of an openai teacher (holds no key)
 
 
+def checkpoint_files(name: str, directory: Path) -> tuple[dict, list[str], list[str]]:
+    """(config, weight files, tokenizer files) of a save_pretrained directory; a TeacherError naming what is
+    missing otherwise."""
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise TeacherError(f"teacher '{name}': {directory} has no config.json; is it a save_pretrained directory?")
+    config = read_model_config(config_path, name)
+    weights = weight_files(directory)
+    if not weights:
+        raise TeacherError(f"teacher '{name}': {directory} has no weights (*.safetensors or *.bin).")
+    tokenizer_files = [f for f in TOKENIZER_FILES if (directory / f).exists()]
+    if not tokenizer_files:
+        raise TeacherError(f"teacher '{name}': {directory} has no tokenizer files; save the tokenizer beside the model.")
+    return config, weights, tokenizer_files
+
+
 def resolve_teacher(spec: TeacherSpec, dataset_label_names: tuple[str, ...]) -> ResolvedTeacher:
     if spec.source.endswith(ONNX_SUFFIX):
         return _resolve_onnx(spec, dataset_label_names)
     directory, revision = local_files(spec)
-    config_path = directory / "config.json"
-    if not config_path.exists():
-        raise TeacherError(f"teacher '{spec.name}': {directory} has no config.json; is it a save_pretrained directory?")
-    config = read_model_config(config_path, spec.name)
+    config, weights, tokenizer_files = checkpoint_files(spec.name, directory)
     _require_classifier_head(config, spec.name, directory)
     model_labels = config_label_names(config, spec.name)
-    weights = weight_files(directory)
-    if not weights:
-        raise TeacherError(f"teacher '{spec.name}': {directory} has no weights (*.safetensors or *.bin).")
-    tokenizer_files = [f for f in TOKENIZER_FILES if (directory / f).exists()]
-    if not tokenizer_files:
-        raise TeacherError(f"teacher '{spec.name}': {directory} has no tokenizer files; save the tokenizer beside the model.")
     return ResolvedTeacher(
         spec=spec,
         directory=directory,

@@ -27,14 +27,11 @@ class TorchTeacher:
         self.dtype = dtype
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(resolved.directory)
-            self.model = _load_model(AutoModelForSequenceClassification, resolved.directory, dtype)
-        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
-            # A truncated or garbage weights file (SafetensorError), a head whose size differs from its config
-            # (RuntimeError: size mismatch), an unreadable tokenizer: the teacher's files are at fault, not us.
-            raise TeacherError(f"teacher '{self.name}': cannot load {resolved.directory} "
-                               f"({_load_problem(error)}); re-save the model with save_pretrained.") from error
-        check_position_limit(self.name, self.model, max_length)
-        self.model.to(device).eval()
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise TeacherError(f"teacher '{self.name}': cannot load the tokenizer in {resolved.directory} "
+                               f"({_load_problem(error)}); re-save it with save_pretrained.") from error
+        self.model = load_teacher_model(self.name, AutoModelForSequenceClassification, resolved.directory, dtype,
+                                        device, max_length)
         self.attn_implementation = getattr(self.model.config, "_attn_implementation", None) or "eager"
         self.providers: list[str] = []  # onnxruntime's; a torch model has none
         accepted = inspect.signature(self.model.forward).parameters
@@ -58,6 +55,20 @@ def _load_problem(error: BaseException) -> str:
         return "the shapes of its weights differ from its config.json, e.g. a classification head of another size"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def load_teacher_model(name: str, auto_class, directory: Path, dtype: torch.dtype, device: torch.device,
+                       max_length: int | None):
+    """A checkpoint's model through `auto_class`, checked against --max-length, on `device` in eval mode."""
+    try:
+        model = _load_model(auto_class, directory, dtype)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
+        # A truncated or garbage weights file (SafetensorError), a head whose size differs from its config
+        # (RuntimeError: size mismatch): the teacher's files are at fault, not us.
+        raise TeacherError(f"teacher '{name}': cannot load {directory} "
+                           f"({_load_problem(error)}); re-save the model with save_pretrained.") from error
+    check_position_limit(name, model, max_length)
+    return model.to(device).eval()
 
 
 def check_position_limit(name: str, model, max_length: int | None) -> None:
