@@ -86,7 +86,7 @@ def plot_scores(path: Path, frame, metric: str) -> None:
     for x, strategy in enumerate(strategies):
         scores = frame.filter(frame["strategy"] == strategy)[metric].to_list()
         axis.bar([x], [sum(scores) / len(scores)], 0.6, fill=False, edgecolor="gray")
-        axis.scatter([x] * len(scores), scores, zorder=3, label="seeds" if x == 0 else None)
+        axis.scatter([x] * len(scores), scores, color="C0", zorder=3, label="one seed" if x == 0 else None)
     axis.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right")
     axis.set_ylim(*score_limits(frame[metric].to_list()))
     axis.set_xlabel("strategy")
