@@ -38,6 +38,8 @@ def test_sign_flip_p_value_enumerates_every_sign():
                   for signs in itertools.product((1, -1), repeat=3)) / 8
     assert sign_flip_p_value(differences) == by_hand
     assert sign_flip_p_value([]) == 1.0 and sign_flip_p_value([0.0, 0.0]) == 1.0
+    many = [0.01] * 200  # hundreds of pairs (seeds × teacher subsets): sampled, and it still finishes
+    assert sign_flip_p_value(many) < 1e-4 and sign_flip_p_value([0.01, -0.01] * 100) == 1.0
 
 
 def test_paired_differences_pair_by_seed_and_subset_only():
