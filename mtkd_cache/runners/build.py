@@ -32,10 +32,8 @@ from mtkd_cache.cache.committer import (
 from mtkd_cache.cache.lock import CacheLock
 from mtkd_cache.cache.manifest import (
     FORMAT_VERSION,
-    DatasetRecord,
     Manifest,
     ShardRecord,
-    SplitRecord,
     TeacherRecord,
     load_manifest,
 )
@@ -46,17 +44,14 @@ from mtkd_cache.cache.shards import (
     inputs_table,
     outputs_schema,
     outputs_table,
-    parse_shard,
-    read_verified_bytes,
     shard_is_intact,
 )
 from mtkd_cache.data.batching import TokenizedRows, tokenize_rows
-from mtkd_cache.data.datasets import DUPLICATE_POLICY, TEXT_POLICY, DatasetSpec, TaskData, load_task_data
+from mtkd_cache.data.datasets import DatasetSpec, TaskData, load_task_data
 from mtkd_cache.devices import dtype_name
 from mtkd_cache.distributed import DistributedContext, balanced_assignment
-from mtkd_cache.errors import CacheMismatchError, ConfigError, MtkdError, TeacherError
-from mtkd_cache.hashing import row_digests
-from mtkd_cache.layout import MANIFEST_NAME, inputs_path, outputs_path, validate_name
+from mtkd_cache.errors import ConfigError, MtkdError, TeacherError
+from mtkd_cache.layout import inputs_path, outputs_path, validate_name
 from mtkd_cache.progress import ProgressEvents, SilentEvents
 from mtkd_cache.runners.base import (
     RunnerConfig,
@@ -66,6 +61,7 @@ from mtkd_cache.runners.base import (
     resolve_runtime,
     run_rows,
 )
+from mtkd_cache.runners.build_checks import check_identities, open_or_start
 from mtkd_cache.runners.openai_runner import EndpointOptions
 from mtkd_cache.runners.prompts import PromptConfig
 from mtkd_cache.runners.teachers import ResolvedTeacher, TeacherSpec, check_backend
@@ -156,8 +152,8 @@ def build_cache(config: BuildConfig, events: ProgressEvents | None = None) -> Bu
                     events.note(f"took over a stale lock left by pid {lock.took_over_from.get('pid')}")
                 remove_temporaries(out)
                 refuse_symlinks(out)
-                manifest = _open_or_start(out, config, task)
-                _check_identities(manifest, records)
+                manifest = open_or_start(out, config.dataset, config.shard_rows, config.logits_dtype, task)
+                check_identities(manifest, records)
                 if manifest.format_version < FORMAT_VERSION:
                     # Upgraded in place: the manifest is rewritten in the current format; the older shards are
                     # kept as they are (identified by their sample ids), new shards carry their identity.
@@ -215,68 +211,6 @@ def _gather_counts(report: BuildReport, context: DistributedContext) -> None:
                                 for name in dict.fromkeys(n for _, rows in parts for n in rows)}
 
 
-def _open_or_start(out: Path, config: BuildConfig, task: TaskData) -> Manifest:
-    spec = config.dataset
-    if not (out / MANIFEST_NAME).exists():
-        return Manifest(
-            dataset=DatasetRecord(
-                source=spec.source, config_name=spec.config_name, text_column=spec.text_column,
-                text_pair_column=spec.text_pair_column, label_column=spec.label_column,
-                fingerprint=task.fingerprint, text_policy=TEXT_POLICY, duplicate_policy=DUPLICATE_POLICY),
-            label_names=list(task.label_names),
-            splits={name: SplitRecord(rows=s.rows, fingerprint=s.fingerprint, labeled=s.labeled)
-                    for name, s in task.splits.items()},
-            shard_rows=config.shard_rows,
-            logits_dtype=config.logits_dtype.value,
-        )
-    manifest = load_manifest(out)
-    if list(task.label_names) != manifest.label_names:
-        raise CacheMismatchError(
-            f"the cache in {out} has label names {manifest.label_names}, the dataset has {list(task.label_names)}; "
-            "build into a new --out."
-        )
-    if set(task.splits) != set(manifest.splits):
-        raise CacheMismatchError(
-            f"the cache in {out} holds splits {list(manifest.splits)}, this build asks for {list(task.splits)}; "
-            "pass the same --splits or build into a new --out."
-        )
-    if task.fingerprint != manifest.dataset.fingerprint:
-        raise CacheMismatchError(_describe_dataset_change(out, manifest, task))
-    if config.logits_dtype.value != manifest.logits_dtype:
-        raise CacheMismatchError(
-            f"the cache in {out} stores {manifest.logits_dtype} logits, this build asks for {config.logits_dtype}; "
-            "one cache holds one logit dtype: drop --logits-dtype or build into a new --out."
-        )
-    return manifest
-
-
-def _describe_dataset_change(out: Path, manifest: Manifest, task: TaskData) -> str:
-    changes = []
-    for name, split in task.splits.items():
-        cached = manifest.splits[name]
-        if cached.fingerprint == split.fingerprint:
-            continue
-        if cached.rows != split.rows:
-            changes.append(f"split '{name}' has {split.rows} rows, the cache {cached.rows}")
-            continue
-        old = _cached_row_digests(out, manifest, name)
-        differing = [i for i, (a, b) in enumerate(zip(old, split.row_digests)) if a != b]
-        changes.append(f"split '{name}' differs in {len(differing)} of {split.rows} rows (first: sample {differing[0]})"
-                       if differing else f"split '{name}' differs")
-    return (f"the dataset differs from the one the cache in {out} was built from ({'; '.join(changes)}); "
-            "build into a new --out, or use the original data.")
-
-
-def _cached_row_digests(out: Path, manifest: Manifest, split: str) -> list[bytes]:
-    digests = []
-    for record in manifest.shards_of(split, None):
-        table = parse_shard(read_verified_bytes(out, record))
-        labels = [manifest.label_names[i] if i is not None else None for i in table.column("label").to_pylist()]
-        pairs = table.column("text_pair").to_pylist() if "text_pair" in table.column_names else None
-        digests += row_digests(table.column("text").to_pylist(), pairs, labels)
-    return digests
-
-
 def _teacher_record(teacher: ResolvedTeacher, runner: RunnerConfig, dtype: torch.dtype | None,
                     device: torch.device) -> TeacherRecord:
     remote = teacher.endpoint is not None  # the server decides the precision and the hardware
@@ -293,20 +227,6 @@ def _teacher_record(teacher: ResolvedTeacher, runner: RunnerConfig, dtype: torch
             setattr(record, key, value)
         record.scoring = teacher.scoring
     return record
-
-
-def _check_identities(manifest: Manifest, records: dict[str, TeacherRecord]) -> None:
-    for name, record in records.items():
-        cached = manifest.teachers.get(name)
-        if cached is None:
-            continue
-        differences = cached.differences(record)
-        if differences:
-            listed = "; ".join(f"{f}: cached {old!r}, now {new!r}" for f, old, new in differences)
-            raise CacheMismatchError(
-                f"teacher '{name}' is not the one the cache was built with ({listed}); give it a new name to add it "
-                "as another teacher, or build into a new --out."
-            )
 
 
 def _row_ranges(rows: int, shard_rows: int) -> list[tuple[int, int]]:
